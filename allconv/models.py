@@ -43,9 +43,9 @@ class ConvBlock(nn.Sequential):
 class AllConvNet(nn.Sequential):
     """One of the 12 nets; ``name`` is kept so checkpoints and the UI can say which."""
 
-    def __init__(self, name: str, layers: "OrderedDict[str, nn.Module]") -> None:
+    def __init__(self, layers: "OrderedDict[str, nn.Module]", name: str = "custom") -> None:
         super().__init__(layers)
-        self.name = name
+        self.name = name  # slicing (``net[:5]``) gives an AllConvNet named "custom"
 
 
 def _build(name: str, num_classes: int, dropout: bool, batchnorm: bool) -> "OrderedDict[str, nn.Module]":
@@ -91,7 +91,7 @@ def create(name: str, num_classes: int = 10, dropout: bool = True, batchnorm: bo
         raise AllconvError(f"unknown model {name!r}; choose one of: {', '.join(_NAMES)}")
     if num_classes < 1:
         raise AllconvError(f"num_classes must be >= 1, got {num_classes}")
-    model = AllConvNet(key, _build(key, num_classes, dropout, batchnorm))
+    model = AllConvNet(_build(key, num_classes, dropout, batchnorm), key)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")

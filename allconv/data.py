@@ -1,0 +1,254 @@
+"""Datasets as uint8 tensors: CIFAR-10/100 through torchvision, NumPy ``.npz`` arrays, and image-folder trees
+(``{train,test}/<class>/*.png|jpg``, as a directory or a .zip/.tar/.tar.gz/.tar.xz archive).
+
+Every source is decoded once and cached as uncompressed ``.npy`` files (under ``$ALLCONV_CACHE`` or
+``~/.cache/allconv``), so the second run starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import AllconvError
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz")
+NAMED = ("cifar10", "cifar100")
+CACHE_VERSION = 1
+
+
+@dataclass
+class Splits:
+    """Train and test images (uint8, N x 3 x H x W), labels (int64) and class names."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    name: str
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ALLCONV_CACHE") or Path.home() / ".cache" / "allconv")
+
+
+def torchvision_root() -> Path:
+    """Where ``allconv`` asks torchvision to keep (and download) CIFAR: ``$ALLCONV_DATA_ROOT`` or the cache."""
+    return Path(os.environ.get("ALLCONV_DATA_ROOT") or cache_root() / "datasets")
+
+
+def find_offline_cifar10() -> Path | None:
+    """The offline CIFAR-10 copy: ``$ALLCONV_CIFAR10``, else ``../shared/data/cifar10.npz`` beside the repository."""
+    for p in (os.environ.get("ALLCONV_CIFAR10"), REPO.parent / "shared" / "data" / "cifar10.npz"):
+        if p and Path(p).is_file():
+            return Path(p)
+    return None
+
+
+def load(source: str | Path | None = None, *, cache_dir: str | Path | None = None, download: bool = False) -> Splits:
+    """Load a dataset by name (``cifar10``, ``cifar100``) or path (``.npz``, folder or archive); ``None`` = CIFAR-10,
+    from torchvision's folder when present, else the offline copy."""
+    cache = Path(cache_dir) if cache_dir else cache_root() / "arrays"
+    if source is None:
+        offline = find_offline_cifar10()
+        if offline is not None and not _torchvision_present("cifar10") and not download:
+            return _cached(offline, cache, lambda: _from_npz(offline))
+        source = "cifar10"
+    name = str(source)
+    if name in NAMED:
+        return _cached(torchvision_root() / name, cache, lambda: _from_torchvision(name, download), stamp=False)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise AllconvError(f"dataset {name!r} not found; give cifar10, cifar100, an .npz file, an image folder or "
+                           "an archive of one")
+    if path.suffix == ".npz":
+        return _cached(path, cache, lambda: _from_npz(path))
+    if path.is_dir() or name.endswith(ARCHIVE_SUFFIXES):
+        return _cached(path, cache, lambda: _from_folder(path))
+    raise AllconvError(f"{path}: not a dataset; give an .npz file, an image folder, or a "
+                       f"{'/'.join(ARCHIVE_SUFFIXES)} archive of one")
+
+
+def split_validation(x: torch.Tensor, y: torch.Tensor, n_val: int = 5000,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hold out ``n_val`` seeded random training images: ``(x_train, y_train, x_val, y_val)``."""
+    if not 0 <= n_val < len(x):
+        raise AllconvError(f"validation size {n_val} must be between 0 and {len(x) - 1} (the training set size - 1)")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return x[train], y[train], x[val], y[val]
+
+
+def load_image(src: Any, size: int | None = 32) -> torch.Tensor:
+    """Any image (path, bytes, file object, PIL image or HxWxC array) as uint8 RGB ``3 x size x size``."""
+    try:
+        if isinstance(src, Image.Image):
+            img = src
+        elif isinstance(src, np.ndarray):
+            img = Image.fromarray(src)
+        elif isinstance(src, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(src))
+        else:
+            img = Image.open(src)
+        img.load()
+        img = img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, TypeError) as e:
+        label = src if isinstance(src, (str, Path)) else type(src).__name__
+        raise AllconvError(f"cannot read image {label}: {str(e).splitlines()[0][:100]}; give a PNG, JPEG, BMP or "
+                           "WebP file") from None
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+# --- sources -----------------------------------------------------------------------------------------------------
+
+def _torchvision_present(name: str) -> bool:
+    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
+    return (torchvision_root() / name / folder).is_dir()
+
+
+def _from_torchvision(name: str, download: bool) -> Splits:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    root = torchvision_root() / name
+    if not download and not _torchvision_present(name):
+        raise AllconvError(f"{name} is not in {root}; pass --download to fetch it with torchvision, or --data with "
+                           "an .npz file or image folder")
+    try:
+        tr, te = (cls(str(root), train=t, download=download) for t in (True, False))
+    except RuntimeError as e:
+        raise AllconvError(f"{name} in {root} is unreadable ({e}); delete the folder and pass --download") from None
+    x = lambda d: torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2)))  # noqa: E731
+    y = lambda d: torch.as_tensor(d.targets, dtype=torch.int64)  # noqa: E731
+    return Splits(x(tr), y(tr), x(te), y(te), list(tr.classes), name)
+
+
+def _from_npz(path: Path) -> Splits:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            names = [str(s) for s in z["label_names"]] if "label_names" in z.files else None
+    except KeyError as e:
+        raise AllconvError(f"{path}: missing array {e}; an .npz dataset needs x_train, y_train, x_test, y_test") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise AllconvError(f"{path}: not a readable .npz file ({str(e).splitlines()[0][:80]})") from None
+    xs = [_nchw(arrays[k], path) for k in ("x_train", "x_test")]
+    ys = [torch.from_numpy(arrays[k].astype(np.int64).reshape(-1)) for k in ("y_train", "y_test")]
+    for x, y, k in zip(xs, ys, ("train", "test")):
+        if len(x) != len(y):
+            raise AllconvError(f"{path}: x_{k} has {len(x)} images but y_{k} has {len(y)} labels")
+    n = int(max(ys[0].max(), ys[1].max())) + 1
+    classes = names if names and len(names) >= n else [str(i) for i in range(n)]
+    return Splits(xs[0], ys[0], xs[1], ys[1], classes, path.stem)
+
+
+def _nchw(a: np.ndarray, path: Path) -> torch.Tensor:
+    if a.ndim != 4 or a.dtype != np.uint8 or 3 not in (a.shape[1], a.shape[3]):
+        raise AllconvError(f"{path}: images must be uint8 N x H x W x 3 (or N x 3 x H x W), got {a.dtype} {a.shape}")
+    if a.shape[3] == 3 and a.shape[1] != 3:
+        a = a.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _from_folder(path: Path) -> Splits:
+    """An image-folder tree ``{train,test}/<class>/<images>`` from a directory or an archive."""
+    files = _list_files(path)
+    splits: dict[str, dict[str, list[tuple[str, Callable[[], bytes]]]]] = {"train": {}, "test": {}}
+    for rel, read in files:
+        parts = Path(rel).parts
+        if len(parts) >= 3 and parts[-3] in splits and rel.lower().endswith(IMAGE_SUFFIXES):
+            splits[parts[-3]].setdefault(parts[-2], []).append((rel, read))
+    classes = sorted(set(splits["train"]) | set(splits["test"]))
+    if not splits["train"] or not splits["test"]:
+        raise AllconvError(f"{path}: no train/<class>/<image> and test/<class>/<image> files found; an image folder "
+                           "needs both splits")
+    out: list[torch.Tensor] = []
+    for split in ("train", "test"):
+        items = [(c, rel, read) for c in classes for rel, read in sorted(splits[split].get(c, []))]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            imgs = list(pool.map(lambda it: _decode(it[1], it[2]), items))
+        size = imgs[0].shape[-1]
+        imgs = [im if im.shape[-1] == size and im.shape[-2] == size else
+                load_image(im.permute(1, 2, 0).numpy(), size) for im in imgs]
+        out += [torch.stack(imgs), torch.tensor([classes.index(c) for c, _, _ in items], dtype=torch.int64)]
+    return Splits(out[0], out[1], out[2], out[3], classes, path.name.split(".")[0])
+
+
+def _decode(rel: str, read: Callable[[], bytes]) -> torch.Tensor:
+    try:
+        return load_image(read(), size=None)
+    except AllconvError as e:
+        raise AllconvError(f"{rel}: {e}") from None
+
+
+def _list_files(path: Path) -> list[tuple[str, Callable[[], bytes]]]:
+    if path.is_dir():
+        return [(str(p.relative_to(path)), p.read_bytes) for p in sorted(path.rglob("*")) if p.is_file()]
+    try:
+        if path.name.endswith(".zip"):
+            z = zipfile.ZipFile(path)
+            return [(n, lambda n=n: z.read(n)) for n in z.namelist() if not n.endswith("/")]
+        with tarfile.open(path, "r:*") as t:
+            blobs = {m.name: t.extractfile(m).read() for m in t if m.isfile()}  # type: ignore[union-attr]
+        return [(n, lambda b=b: b) for n, b in blobs.items()]
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
+        raise AllconvError(f"{path}: unreadable archive ({str(e).splitlines()[0][:80]})") from None
+
+
+# --- cache -------------------------------------------------------------------------------------------------------
+
+def _cached(path: Path, cache: Path, make: Callable[[], Splits], stamp: bool = True) -> Splits:
+    """Return the cached arrays for ``path`` if its size and mtime are unchanged, else decode and cache them."""
+    key_src = [str(path.resolve()), CACHE_VERSION]
+    if stamp:
+        st = path.stat()
+        key_src += [st.st_size, st.st_mtime_ns]
+    entry = cache / hashlib.sha256(json.dumps(key_src).encode()).hexdigest()[:16]
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        arrays = [torch.from_numpy(np.load(entry / f"{k}.npy", allow_pickle=False)) for k in _KEYS]
+        return Splits(*arrays, classes=meta["classes"], name=meta["name"])
+    except (OSError, ValueError, KeyError):
+        pass
+    splits = make()
+    _write_cache(entry, splits)
+    return splits
+
+
+_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _write_cache(entry: Path, s: Splits) -> None:
+    """Best effort (a read-only home must not stop training): write into a temp dir, then rename into place."""
+    tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for k in _KEYS:
+            np.save(tmp / f"{k}.npy", getattr(s, k).numpy())
+        (tmp / "meta.json").write_text(json.dumps({"classes": s.classes, "name": s.name}))
+        os.replace(tmp, entry) if not entry.exists() else None
+    except OSError:
+        pass
+    finally:
+        if tmp.exists():
+            for f in tmp.iterdir():
+                f.unlink()
+            tmp.rmdir()
+

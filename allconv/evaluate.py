@@ -1,0 +1,118 @@
+"""Accuracy of a net on a split, and ``allconv-eval``: one checkpoint's val/test accuracy, or the paper's Table 3."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .errors import AllconvError
+from .paper import TABLE3_ERROR, TABLE3_PARAMS
+from .preprocess import Preprocess
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, preprocess: Preprocess, *, batch_size: int = 500,
+             tta: bool = False, amp: bool = False) -> float:
+    """Top-1 accuracy over uint8 images ``x``; ``tta`` averages the logits of each image and its mirror."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    for i in range(0, len(x), batch_size):
+        xb = preprocess(x[i:i + batch_size].to(dev, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(xb).float()
+            if tta:
+                logits = logits + model(xb.flip(3)).float()
+        correct += (logits.argmax(1) == y[i:i + batch_size].to(dev)).sum()
+    model.train(was_training)
+    return correct.item() / max(len(x), 1)
+
+
+def table3(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """One row per checkpoint: our test error beside the paper's (Table 3, no augmentation)."""
+    from .checkpoint import load_meta
+    from .models import names
+
+    rows = []
+    for p in paths:
+        meta, tensors = load_meta(p)
+        acc = meta.metrics.get("test_acc")
+        rows.append({"model": meta.model, "err": None if acc is None else round(100 * (1 - acc), 2),
+                     "paper_err": TABLE3_ERROR[meta.model], "params": meta.metrics.get("params"),
+                     "paper_params": TABLE3_PARAMS[meta.model], "epochs": meta.epoch,
+                     "wall_s": meta.metrics.get("wall_s"), "img_per_s": meta.metrics.get("img_per_s"),
+                     "device": meta.device, "data": meta.data, "path": str(p)})
+    order = {n: i for i, n in enumerate(names())}
+    return sorted(rows, key=lambda r: order[r["model"]])
+
+
+def table3_markdown(rows: list[dict[str, Any]]) -> str:
+    """Rows of ``table3`` as a markdown table."""
+    def fmt(v: Any, spec: str = "") -> str:
+        return "-" if v is None else format(v, spec)
+
+    lines = ["| model | error % (ours) | error % (paper) | params (ours) | params (paper) | epochs | wall s | img/s |"
+             " device |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {fmt(r['err'], '.2f')} | {r['paper_err']:.2f} | {fmt(r['params'], ',')} | "
+                     f"{r['paper_params']} | {r['epochs']} | {fmt(r['wall_s'], '.0f')} | {fmt(r['img_per_s'], ',.0f')}"
+                     f" | {r['device'] or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _eval_one(path: str, data: str | None, device: str) -> None:
+    from . import data as datamod
+    from .checkpoint import load
+
+    model, meta = load(path, device=device)
+    splits = datamod.load(data)
+    tta = bool(meta.config.get("tta", False))
+    acc = accuracy(model, splits.x_test, splits.y_test, meta.preprocess, tta=tta)
+    print(f"{meta.model} ({path}) on {splits.name} test ({len(splits.y_test)} images{', flip TTA' if tta else ''}): "
+          f"accuracy {100 * acc:.2f}%  error {100 * (1 - acc):.2f}%")
+    val = meta.metrics.get("val_acc")
+    if val is not None:
+        print(f"validation accuracy recorded at training time: {100 * val:.2f}%  error {100 * (1 - val):.2f}%")
+
+
+def _write_table(paths: list[str], out: str) -> None:
+    from .checkpoint import write_bytes
+    from .plots import table3_chart
+
+    rows = table3(paths)
+    md = table3_markdown(rows)
+    out_dir = Path(out)
+    write_bytes(out_dir / "table3.md", md.encode())
+    table3_chart(rows, out_dir / "table3.png")
+    print(md, end="")
+    print(f"wrote {out_dir / 'table3.md'} and {out_dir / 'table3.png'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="allconv-eval", description="Test (and val) accuracy of trained nets.")
+    ap.add_argument("runs", nargs="+", help="run directories or .safetensors checkpoints")
+    ap.add_argument("--table", action="store_true", help="write the paper's Table 3 with our error beside the paper's")
+    ap.add_argument("--out", default=".", help="where --table writes table3.md and table3.png")
+    ap.add_argument("--data", default=None, help="dataset (default: CIFAR-10, offline copy if present)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    try:
+        if args.table:
+            _write_table(args.runs, args.out)
+        else:
+            for p in args.runs:
+                _eval_one(p, args.data, args.device)
+    except AllconvError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""What the views show, computed without Streamlit: predictions, reconstruction grids, one filter's close-up, weights.
+
+Every function takes the model and a preprocessed input, returns plain data or a PIL image, and goes through ``vis``
+(which holds the model's lock and leaves no hooks or backward modes behind), so a cached model can be shared by
+concurrent sessions. The Streamlit layer (``app.cache``) memoizes these by checkpoint/image/layer/method.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+
+import vis
+from allconv.errors import AllconvError
+from allconv.preprocess import Preprocess
+from vis import render
+from vis.receptive import receptive_field
+from vis.sanity import randomization_check
+
+TILE_SCALE = 2  # grid tiles: 32x32 signals drawn at 64x64
+BIG = 160  # close-up images are drawn this many pixels wide
+
+
+def png(img: Image.Image) -> bytes:
+    """Lossless PNG bytes (fast settings): what the app sends to the browser."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def enlarge(img: Image.Image, width: int = BIG) -> Image.Image:
+    """Nearest-neighbour upscaling, so a 32x32 image stays crisp."""
+    return img.resize((width, max(1, round(img.height * width / img.width))), Image.Resampling.NEAREST)
+
+
+def model_input(image: torch.Tensor, preprocess: Preprocess | None) -> torch.Tensor:
+    """A uint8 (3, H, W) image as the (1, 3, H, W) float input the net was trained on."""
+    if preprocess is None:
+        raise AllconvError("this checkpoint has no preprocessing statistics; retrain it with allconv-train")
+    return preprocess(image.unsqueeze(0))
+
+
+def uint8_image(image: torch.Tensor, width: int = BIG) -> Image.Image:
+    """A uint8 (3, H, W) tensor as an enlarged PIL image."""
+    return enlarge(Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()), width)
+
+
+def top5(model: nn.Module, x: torch.Tensor, classes: list[str]) -> list[tuple[str, float]]:
+    """The five most probable classes (name, softmax probability) for a one-image batch."""
+    probs = vis.activations(model, x, None)[0].float().softmax(0)
+    p, i = probs.topk(min(5, len(probs)))
+    name = lambda k: classes[k] if k < len(classes) else str(k)  # noqa: E731
+    return [(name(int(k)), float(v)) for v, k in zip(p, i)]
+
+
+def num_filters(model: nn.Module, layer: str, size: int = 32) -> int:
+    """How many channels ``layer`` outputs (a zero image through the net up to the layer)."""
+    return int(vis.activations(model, torch.zeros(1, 3, size, size), layer).shape[1])
+
+
+def grid_columns(n: int) -> int:
+    """Columns for an n-tile grid: wider than tall, to fit a page."""
+    return max(1, min(n, math.ceil(math.sqrt(n * 2.5))))
+
+
+def reconstruction_grid(model: nn.Module, x: torch.Tensor, layer: str, method: str) -> Image.Image:
+    """Every filter's reconstruction (at its strongest position) in one labelled grid image."""
+    n = num_filters(model, layer, x.shape[-1])
+    signals = vis.reconstruct(model, x, method=method, layer=layer, channel=list(range(n)))[0]
+    tiles = torch.stack([render.to_image(s) for s in signals])
+    return render.grid(tiles, grid_columns(n), pad=1, labels=[str(i) for i in range(n)], scale=TILE_SCALE)
+
+
+@dataclass
+class Detail:
+    """One filter's close-up: its reconstructions by method, activation map, strongest unit and that unit's RF."""
+
+    recons: dict[str, Image.Image]
+    activation: Image.Image
+    patch: Image.Image
+    value: float
+    position: tuple[int, int]
+    box: tuple[int, int, int, int]
+    map_size: tuple[int, int]
+
+
+def filter_detail(model: nn.Module, x: torch.Tensor, image: torch.Tensor, layer: str, channel: int) -> Detail:
+    """The three methods side by side for ``channel`` of ``layer``, its activation map and its RF input patch."""
+    recons = {m: render.to_pil(render.to_image(vis.reconstruct(model, x, method=m, layer=layer, channel=channel)[0]))
+              for m in vis.METHODS}
+    fmap = vis.activations(model, x, layer)[0, channel]
+    h, w = fmap.shape
+    flat = int(fmap.argmax())
+    pos = (flat // w, flat % w)
+    top, left, bottom, right = (int(v) for v in receptive_field(model, layer, input_size=tuple(x.shape[-2:])).box(*pos))
+    patch = image[:, top:bottom, left:right]
+    return Detail(recons={m: enlarge(r) for m, r in recons.items()},
+                  activation=enlarge(render.to_pil(render.heatmap(fmap))), patch=uint8_image(patch),
+                  value=float(fmap.max()), position=pos, box=(top, left, bottom, right), map_size=(h, w))
+
+
+def weights_image(model: nn.Module, layer: str, channel: int) -> tuple[Image.Image, str]:
+    """The chosen layer's weights: all RGB filters for a 3-channel input, else ``channel``'s kernels per input."""
+    w = vis.filter_maps(model, layer).float()
+    c_out, c_in, k, _ = w.shape
+    if c_in == 3:
+        tiles = torch.stack([render.to_image(f) for f in w])
+        caption = f"all {c_out} filters of {layer} ({k}x{k} RGB), each normalized alone"
+        return render.grid(tiles, grid_columns(c_out), pad=1, labels=[str(i) for i in range(c_out)],
+                           scale=max(1, 48 // k)), caption
+    if k == 1:
+        mat = render.heatmap(w[:, :, 0, 0])
+        caption = f"{layer} is a 1x1 conv: its {c_out} x {c_in} weight matrix (rows: filters, columns: inputs)"
+        return enlarge(render.to_pil(mat), min(900, max(300, c_in * 4))), caption
+    kernels = w[channel]
+    tiles = torch.stack([render.to_image(kr.unsqueeze(0).expand(3, k, k)) for kr in kernels])
+    caption = f"filter {channel} of {layer}: its {c_in} {k}x{k} kernels, one per input channel"
+    return render.grid(tiles, grid_columns(c_in), pad=1, labels=[str(i) for i in range(c_in)],
+                       scale=max(1, 48 // k)), caption
+
+
+@dataclass
+class Sanity:
+    """The randomization check, ready to draw: stage names, Spearman similarity per method, and the maps grid."""
+
+    stages: list[str]
+    similarity: dict[str, list[float]]
+    maps: Image.Image
+
+
+def sanity(model: nn.Module, x: torch.Tensor, layer: str, channel: int) -> Sanity:
+    """vis's cascading randomization for one image and unit; maps as one grid (rows: methods, columns: stages)."""
+    r = randomization_check(model, x, layer=layer, channel=channel, methods=tuple(vis.METHODS))
+    tiles = torch.stack([render.to_image(r.maps[m][s, 0]) for m in vis.METHODS for s in range(len(r.stages))])
+    labels = [f"{m[:5]} {st}" if s == 0 else st.split("..")[-1] for m in vis.METHODS
+              for s, st in enumerate(r.stages)]
+    return Sanity(r.stages, {m: r.spearman[m] for m in vis.METHODS},
+                  render.grid(tiles, len(r.stages), pad=1, labels=labels, scale=2))

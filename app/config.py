@@ -1,0 +1,52 @@
+"""The app's settings, all from environment variables so tests and deployments can point it anywhere.
+
+* ``ALLCONV_DATA``: dataset for browsing and Figure 2 scans (a path or ``cifar10``); default: ``allconv.data.load(None)``.
+* ``ALLCONV_CHECKPOINT_DIR``: extra folder(s) (``os.pathsep``-separated) searched for ``*.safetensors`` checkpoints
+  and run directories, besides the shipped ``checkpoints/`` and local ``runs/``.
+* ``ALLCONV_SCAN_LIMIT``: how many dataset images a Figure 2 scan covers (default 10000, the CIFAR-10 test split).
+* ``ALLCONV_CACHE``: where scans are kept on disk (``<cache>/scans``), shared with ``allconv.data``'s array cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from allconv.errors import AllconvError
+
+MAX_UPLOAD_MB = 5
+DEFAULT_SCAN_LIMIT = 10_000
+SCAN_TOP_K = 9
+VIEWS = ("Image", "Layer", "Filters", "Models", "Sanity")  # also the ?view= values
+
+
+def data_source() -> str:
+    """The dataset named by ``ALLCONV_DATA``, or "" for the default CIFAR-10 lookup."""
+    return os.environ.get("ALLCONV_DATA", "").strip()
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Folders named by ``ALLCONV_CHECKPOINT_DIR``."""
+    raw = os.environ.get("ALLCONV_CHECKPOINT_DIR", "")
+    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def scan_limit() -> int:
+    """``ALLCONV_SCAN_LIMIT`` as a positive int (default 10000)."""
+    raw = os.environ.get("ALLCONV_SCAN_LIMIT", "").strip()
+    if not raw:
+        return DEFAULT_SCAN_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise AllconvError(f"ALLCONV_SCAN_LIMIT must be a positive integer, got {raw!r}")
+    return value
+
+
+def scan_dir() -> Path:
+    """Where Figure 2 scans are saved between runs of the app."""
+    from allconv.data import cache_root
+
+    return cache_root() / "scans"

@@ -1,0 +1,152 @@
+"""The sidebar: checkpoint, dataset, image, layer, filter and method. Each widget is bound to a URL query parameter
+(``bind="query-params"``, named by its key), so any view can be shared as a link, e.g. ``?ckpt=...&layer=conv6&filter=12
+&method=guided&view=image``. Widgets whose options depend on the checkpoint or data are clamped before they render.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import streamlit as st
+import torch
+from torch import nn
+
+import vis
+from allconv.checkpoint import Meta
+from allconv.data import Splits
+from allconv.errors import AllconvError
+from allconv.models import layer_names
+
+from . import cache, sources
+from .config import MAX_UPLOAD_MB, data_source
+
+Q = "query-params"
+
+
+@dataclass
+class Selection:
+    """Everything the views need; ``None`` where an input is missing or broken (its error is in ``errors``)."""
+
+    stamp: str = ""
+    model: nn.Module | None = None
+    meta: Meta | None = None
+    source: str = ""
+    data: Splits | None = None
+    split: str = "test"
+    picked: sources.Picked | None = None
+    layer: str = ""
+    channel: int = 0
+    method: str = "guided"
+    errors: list[str] = field(default_factory=list)
+
+
+def _clamp(key: str, options: list, default: object) -> None:
+    """Reset a widget's stored value that its new options no longer hold (e.g. filter 150 after picking conv9)."""
+    if key in st.session_state and st.session_state[key] not in options:
+        st.session_state[key] = default
+
+
+def checkpoint_input(sel: Selection) -> None:
+    """Pick a checkpoint (or type a path) and load it through the shared cache."""
+    choices = sources.checkpoint_choices()
+    default = sources.default_choice(choices)
+    options = list(choices)
+    text = st.sidebar.selectbox("Checkpoint", options, index=options.index(default) if default else None, key="ckpt",
+                                bind=Q, placeholder="no checkpoint found",
+                                help="shipped nets, $ALLCONV_CHECKPOINT_DIR and local runs")
+    typed = st.sidebar.text_input("...or a checkpoint path", key="ckpt_path", bind=Q,
+                                  placeholder="path to a .safetensors file or run directory").strip()
+    text = typed or text
+    if not text:
+        sel.errors.append(sources.TRAIN_HINT)
+        return
+    try:
+        sel.stamp = sources.stamp(sources.resolve(text, choices))
+        sel.model, sel.meta = cache.model(sel.stamp)
+    except AllconvError as e:
+        sel.stamp = ""
+        sel.errors.append(str(e))
+
+
+def data_input(sel: Selection) -> None:
+    """The dataset to browse (``$ALLCONV_DATA`` by default) and its split."""
+    sel.source = st.sidebar.text_input("Dataset", value=data_source(), key="data", bind=Q,
+                                       placeholder="CIFAR-10 (offline copy)",
+                                       help="empty = CIFAR-10; or an .npz file, an image folder or an archive").strip()
+    sel.split = st.sidebar.segmented_control("Split", ["test", "train"], default="test", key="split", bind=Q,
+                                             required=True) or "test"
+    try:
+        sel.data = cache.dataset(sel.source)
+    except AllconvError as e:
+        sel.errors.append(f"dataset: {e}")
+
+
+def image_input(sel: Selection) -> None:
+    """An uploaded image if there is one, else the chosen dataset image (by class and index)."""
+    upload = st.sidebar.file_uploader(f"Upload an image (max {MAX_UPLOAD_MB} MB)", key="upload",
+                                      help="any image file (PNG, JPEG, BMP, WebP, GIF); it is converted to RGB, 32x32")
+    if sel.data is not None:
+        _dataset_image(sel, sel.data)
+    if upload is not None:
+        try:
+            sel.picked = sources.from_upload(upload.name, upload.getvalue())
+        except AllconvError as e:
+            sel.errors.append(f"{e} (showing the dataset image instead)" if sel.picked else str(e))
+
+
+def _dataset_image(sel: Selection, data: Splits) -> None:
+    classes = ["all", *data.classes]
+    _clamp("cls", classes, "all")
+    cls = st.sidebar.selectbox("Class", classes, key="cls", bind=Q) or "all"
+    count = len(sources.class_indices(data, sel.split, cls))
+    if count == 0:
+        sel.errors.append(f"the {sel.split} split has no images of class {cls!r}")
+        return
+    if st.session_state.get("idx", 0) >= count:
+        st.session_state["idx"] = 0
+    idx = st.sidebar.number_input(f"Index (0-{count - 1})", 0, count - 1, key="idx", bind=Q, step=1)
+    sel.picked = sources.from_dataset(data, sel.source, sel.split, cls, int(idx))
+
+
+def layer_inputs(sel: Selection) -> None:
+    """Layer (in forward order), filter index and the grid's method."""
+    assert sel.model is not None
+    layers = layer_names(sel.model)
+    _clamp("layer", layers, layers[0])
+    sel.layer = st.sidebar.selectbox("Layer", layers, key="layer", bind=Q)
+    n = cache.num_filters(sel.stamp, sel.layer, sel.model)
+    _clamp("filter", list(range(n)), 0)
+    sel.channel = int(st.sidebar.select_slider("Filter", options=list(range(n)), key="filter", bind=Q,
+                                               help="pick a filter to see it large; grids label every filter"))
+    sel.method = st.sidebar.segmented_control("Method", list(vis.METHODS), default="guided", key="method", bind=Q,
+                                              required=True) or "guided"
+
+
+def render() -> Selection:
+    """Draw the sidebar and return the selection."""
+    sel = Selection()
+    st.sidebar.header("allconv")
+    checkpoint_input(sel)
+    data_input(sel)
+    image_input(sel)
+    if sel.model is not None:
+        layer_inputs(sel)
+    return sel
+
+
+def model_input(sel: Selection) -> torch.Tensor | None:
+    """The picked image preprocessed for the model, or None (error recorded)."""
+    if sel.picked is None or sel.meta is None:
+        return None
+    from .compute import model_input as prep
+
+    try:
+        return prep(sel.picked.image, sel.meta.preprocess)
+    except AllconvError as e:
+        sel.errors.append(str(e))
+        return None
+
+
+def path_of(stamp: str) -> Path:
+    return Path(stamp.rsplit(":", 2)[0])

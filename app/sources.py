@@ -1,0 +1,120 @@
+"""Where the app's inputs come from: the checkpoints a user can pick and the image under study.
+
+Pure functions (no Streamlit), so they are tested directly. Checkpoints are named by a short label (a path relative to
+the repository when possible) that is stable enough to live in a shareable URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from allconv import checkpoint
+from allconv.data import Splits, load_image
+from allconv.errors import AllconvError
+
+from .config import MAX_UPLOAD_MB, checkpoint_dirs
+
+REPO = checkpoint.REPO
+TRAIN_HINT = ("no trained checkpoint found: train one with `allconv-train --model all-cnn-c` (it writes "
+              "runs/<name>/model.safetensors), put a .safetensors file in checkpoints/, set ALLCONV_CHECKPOINT_DIR, "
+              "or type a checkpoint path in the sidebar")
+
+
+def label(path: Path) -> str:
+    """A short, URL-friendly name for a checkpoint path."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return str(p)
+
+
+def _in_dir(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.glob("*.safetensors") if p.name != checkpoint.STATE_FILE)
+    return [p.parent if p.name == checkpoint.MODEL_FILE else p for p in files] + checkpoint.local_runs(folder)
+
+
+def checkpoint_choices() -> dict[str, Path]:
+    """Every checkpoint on offer, by label: shipped ones, ``ALLCONV_CHECKPOINT_DIR``, then local runs (newest first)."""
+    found = checkpoint.shipped()
+    for folder in checkpoint_dirs():
+        found += _in_dir(folder)
+    for root in dict.fromkeys([Path("runs").resolve(), REPO / "runs"]):
+        found += checkpoint.local_runs(root)
+    return {label(p): p for p in dict.fromkeys(p.resolve() for p in found)}
+
+
+def default_choice(choices: dict[str, Path]) -> str | None:
+    """The label to show first: the shipped All-CNN-C if present, else the first on offer."""
+    best = checkpoint.default_checkpoint(REPO / "runs")
+    if best is not None and label(best) in choices:
+        return label(best)
+    return next(iter(choices), None)
+
+
+def resolve(text: str, choices: dict[str, Path]) -> Path:
+    """A label from ``choices`` or a user-typed path (to a .safetensors file or a run directory)."""
+    text = text.strip()
+    if not text:
+        raise AllconvError(TRAIN_HINT)
+    return choices.get(text) or Path(text).expanduser()
+
+
+def stamp(path: Path) -> str:
+    """Identity of a checkpoint file's current contents (path, size, mtime): a new file invalidates caches."""
+    f = checkpoint.model_file(path)
+    try:
+        st = f.stat()
+    except OSError:
+        raise AllconvError(f"checkpoint not found: {path} (pass a run directory or a .safetensors file)") from None
+    return f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+@dataclass(frozen=True)
+class Picked:
+    """The image under study: uint8 (3, 32, 32), a cache key, a caption and its true label (None if unknown)."""
+
+    image: torch.Tensor
+    key: str
+    caption: str
+    label: int | None = None
+
+
+def from_upload(name: str, data: bytes) -> Picked:
+    """An uploaded file as a 32x32 RGB image; too big or not an image -> AllconvError."""
+    if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
+        raise AllconvError(f"upload {name!r} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
+    try:
+        image = load_image(data, size=32)
+    except AllconvError:
+        raise AllconvError(f"upload {name!r} is not a readable image; give a PNG, JPEG, BMP, WebP or GIF file") from None
+    digest = hashlib.sha1(data).hexdigest()[:16]
+    return Picked(image, f"upload:{digest}", f"uploaded {name} (resized to 32x32)")
+
+
+def class_indices(splits: Splits, split: str, cls: str) -> torch.Tensor:
+    """Indices of the split's images of class ``cls`` ("all" = every image)."""
+    y = splits.y_test if split == "test" else splits.y_train
+    if cls == "all":
+        return torch.arange(len(y))
+    if cls not in splits.classes:
+        raise AllconvError(f"unknown class {cls!r}; choose one of: all, {', '.join(splits.classes)}")
+    return (y == splits.classes.index(cls)).nonzero().flatten()
+
+
+def from_dataset(splits: Splits, source: str, split: str, cls: str, index: int) -> Picked:
+    """The ``index``-th image of class ``cls`` in the split."""
+    idx = class_indices(splits, split, cls)
+    if not 0 <= index < len(idx):
+        raise AllconvError(f"index {index} out of range; {split}/{cls} has {len(idx)} images (0..{len(idx) - 1})")
+    i = int(idx[index])
+    x = splits.x_test if split == "test" else splits.x_train
+    y = splits.y_test if split == "test" else splits.y_train
+    name = splits.classes[int(y[i])]
+    return Picked(x[i], f"data:{source}:{split}:{i}", f"{splits.name} {split} #{i} ({name})", int(y[i]))

@@ -1,0 +1,49 @@
+"""Image view: the image, its top-5 classes, every filter's reconstruction at the chosen layer, and one filter large
+(three methods side by side, its activation map, and the input patch under its strongest unit's receptive field)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+import torch
+
+import vis
+
+from .. import cache, compute
+from ..sidebar import Selection
+
+
+def render(sel: Selection, x: torch.Tensor | None) -> None:
+    if sel.picked is None or x is None:
+        st.info("Pick a dataset image or upload one in the sidebar.")
+        return
+    assert sel.model is not None and sel.meta is not None
+    left, right = st.columns([1, 2])
+    with left:
+        st.image(compute.png(compute.uint8_image(sel.picked.image)), caption=sel.picked.caption, output_format="PNG")
+    with right:
+        st.subheader("Top-5 classes")
+        rows = cache.top5(sel.stamp, sel.picked.key, sel.model, x, list(sel.meta.classes))
+        df = pd.DataFrame(rows, columns=["class", "probability"])
+        st.dataframe(df, hide_index=True, column_config={
+            "probability": st.column_config.ProgressColumn("probability", format="%.3f", min_value=0, max_value=1)})
+    st.subheader(f"{sel.layer}: every filter ({sel.method})")
+    grid = cache.grid_png(sel.stamp, sel.picked.key, sel.layer, sel.method, sel.model, x)
+    st.image(grid, caption=f"{sel.layer}, {sel.method}: each filter's reconstruction at its strongest position",
+             output_format="PNG")
+    _detail(sel, x)
+
+
+def _detail(sel: Selection, x: torch.Tensor) -> None:
+    assert sel.picked is not None
+    d = cache.detail(sel.stamp, sel.picked.key, sel.layer, sel.channel, sel.model, x, sel.picked.image)
+    st.subheader(f"{sel.layer} filter {sel.channel}")
+    cols = st.columns(len(vis.METHODS) + 2)
+    for col, m in zip(cols, vis.METHODS):
+        col.image(compute.png(d.recons[m]), caption=m, output_format="PNG")
+    h, w = d.map_size
+    cols[-2].image(compute.png(d.activation), caption=f"activation {h}x{w}, max {d.value:.3g} at {d.position}",
+                   output_format="PNG")
+    t, l, b, r = d.box
+    cols[-1].image(compute.png(d.patch), caption=f"receptive field rows {t}-{b - 1}, cols {l}-{r - 1}",
+                   output_format="PNG")

@@ -1,0 +1,79 @@
+"""The 12 nets: names, shapes, exact parameter counts, 6x6 maps before global averaging, layer names."""
+
+import pytest
+import torch
+from torch import nn
+
+from allconv import AllconvError
+from allconv.models import create, layer_names, names, num_parameters
+
+# Counted by hand from the paper's Tables 1-2 (conv weights + biases), e.g. All-CNN-C:
+# 3*96*9+96 + 2*(96*96*9+96) + 96*192*9+192 + 3*(192*192*9+192) + 192*192+192 + 192*10+10 = 1,369,738
+PARAMS = {
+    "model-a": 839_242, "strided-cnn-a": 839_242, "convpool-cnn-a": 1_254_250, "all-cnn-a": 1_254_250,
+    "model-b": 885_610, "strided-cnn-b": 885_610, "convpool-cnn-b": 1_300_618, "all-cnn-b": 1_300_618,
+    "model-c": 954_730, "strided-cnn-c": 954_730, "convpool-cnn-c": 1_369_738, "all-cnn-c": 1_369_738,
+}
+
+
+def test_names_are_the_papers_twelve():
+    assert names() == list(PARAMS)
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_parameter_count_and_output(name):
+    m = create(name).eval()
+    assert num_parameters(m) == PARAMS[name]
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_six_by_six_before_global_average(name):
+    m = create(name, dropout=False).eval()
+    x = torch.randn(1, 3, 32, 32)
+    for child in list(m.children())[:-2]:  # everything before gap and flatten
+        x = child(x)
+    assert x.shape == (1, 10, 6, 6)
+
+
+def test_all_cnn_c_layers():
+    m = create("all-cnn-c")
+    assert layer_names(m) == [f"conv{i}" for i in range(1, 10)]
+    strides = {n: m.get_submodule(n).conv.stride for n in layer_names(m)}
+    assert strides["conv3"] == strides["conv6"] == (2, 2)
+    assert m.conv7.conv.padding == (0, 0) and m.conv7.conv.kernel_size == (3, 3)
+    assert isinstance(m.conv9.relu, nn.ReLU)  # the class layer keeps its ReLU
+    assert [n for n, _ in m.named_children() if n.startswith("drop")] == ["drop0", "drop1", "drop2"]
+    assert m.drop0.p == 0.2 and m.drop1.p == 0.5
+
+
+def test_model_c_and_strided_layers():
+    assert layer_names(create("model-c")) == ["conv1", "conv2", "pool1", "conv3", "conv4", "pool2", "conv5", "conv6",
+                                              "conv7"]
+    assert create("model-c").pool1.kernel_size == 3
+    s = create("strided-cnn-b")
+    assert s.conv2.conv.kernel_size == (1, 1) and s.conv2.conv.stride == (2, 2)  # the conv before the pool strides
+    assert layer_names(create("convpool-cnn-c"))[3] == "pool1"
+
+
+def test_layer_output_is_post_relu_feature_map():
+    m = create("all-cnn-c", dropout=False).eval()
+    out = {}
+    m.conv6.register_forward_hook(lambda mod, i, o: out.update(y=o.clone()))
+    m(torch.randn(2, 3, 32, 32))
+    assert out["y"].shape == (2, 192, 8, 8) and out["y"].min() >= 0
+
+
+def test_options():
+    m = create("all-cnn-c", num_classes=100, dropout=False, batchnorm=True)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    assert not any(isinstance(x, nn.Dropout) for x in m.modules())
+    assert isinstance(m.conv1.bn, nn.BatchNorm2d) and m.conv1.conv.bias is None
+    assert create("ALL_CNN_C").name == "all-cnn-c"
+
+
+def test_unknown_model_is_one_clear_line():
+    with pytest.raises(AllconvError, match="unknown model 'all-cnn-d'; choose one of: model-a"):
+        create("all-cnn-d")
+    with pytest.raises(AllconvError, match="num_classes"):
+        create("model-a", num_classes=0)

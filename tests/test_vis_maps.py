@@ -1,0 +1,166 @@
+"""vis.maps (activations, filters), vis.receptive (RF computed from the net, checked by gradient support), vis.render."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from allconv.errors import AllconvError
+from allconv.models import create, names
+from vis import activations, filter_maps, grid, heatmap, receptive_field, reconstruct, to_image, to_pil
+
+
+@pytest.fixture(scope="module")
+def allcnn() -> nn.Module:
+    torch.manual_seed(0)
+    return create("all-cnn-c").eval()
+
+
+def test_activations_shapes_and_early_stop(allcnn) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    assert activations(allcnn, x, "conv1").shape == (2, 96, 32, 32)
+    assert activations(allcnn, x, "conv3").shape == (2, 96, 16, 16)
+    assert activations(allcnn, x, "conv7").shape == (2, 192, 6, 6)
+    out = activations(allcnn, x, None)
+    assert out.shape == (2, 10) and not out.requires_grad
+    calls = []
+    allcnn.conv5.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        activations(allcnn, x, "conv3")
+    finally:
+        allcnn.conv5._forward_hooks.clear()
+    assert not calls  # the forward stopped at conv3
+    with torch.no_grad():
+        expect = allcnn.conv2(allcnn.conv1(x))
+    assert torch.equal(activations(allcnn, x, "conv2"), expect)
+
+
+def test_activations_restore_train_flag() -> None:
+    model = create("all-cnn-a").train()
+    x = torch.randn(1, 3, 32, 32)
+    a, b = activations(model, x, "conv2"), activations(model, x, "conv2")
+    assert torch.equal(a, b) and model.training  # dropout was off during the call, and the flag is back
+
+
+def test_filter_maps(allcnn) -> None:
+    assert filter_maps(allcnn, "conv1").shape == (96, 3, 3, 3)
+    assert filter_maps(allcnn, "conv8").shape == (192, 192, 1, 1)
+    assert filter_maps(allcnn, "conv1.conv").shape == (96, 3, 3, 3)
+    w = filter_maps(allcnn, "conv2")
+    w.zero_()
+    assert allcnn.conv2.conv.weight.abs().sum() > 0  # a copy
+    with pytest.raises(AllconvError, match="no conv"):
+        filter_maps(create("model-a"), "pool1")
+    with pytest.raises(AllconvError, match="unknown layer 'conv0'"):
+        filter_maps(allcnn, "conv0")
+
+
+def test_activation_errors(allcnn) -> None:
+    with pytest.raises(AllconvError, match="unknown layer"):
+        activations(allcnn, torch.zeros(1, 3, 32, 32), "fc")
+    with pytest.raises(AllconvError, match="float"):
+        activations(allcnn, torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "conv1")
+
+
+ALL_CNN_C_RF = {"conv1": 3, "conv2": 5, "conv3": 7, "conv4": 11, "conv5": 15, "conv6": 19, "conv7": 27, "conv8": 27,
+                "conv9": 27}
+
+
+def test_all_cnn_c_receptive_fields(allcnn) -> None:
+    got = {layer: receptive_field(allcnn, layer).size for layer in ALL_CNN_C_RF}
+    assert got == ALL_CNN_C_RF
+    strides = [receptive_field(allcnn, f"conv{i}").stride for i in range(1, 10)]
+    assert strides == [1, 1, 2, 2, 2, 4, 4, 4, 4]
+    rf = receptive_field(allcnn, "conv7", position=(3, 3))
+    assert rf.start == -9 and rf.box() == (3, 3, 30, 30)
+    assert rf.box(0, 0) == (0, 0, 18, 18)  # clipped at the image border
+    assert receptive_field(allcnn, None).box(0, 0) == (0, 0, 32, 32)
+
+
+def test_max_pool_net_receptive_fields() -> None:
+    model = create("model-c")
+    sizes = [receptive_field(model, n).size for n in ("conv1", "conv2", "pool1", "conv3", "conv4", "pool2", "conv5")]
+    assert sizes == [3, 5, 7, 11, 15, 19, 27]
+
+
+def _positive_copy(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = create(name, dropout=False).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+    return model
+
+
+@pytest.mark.parametrize("name,layers", [("all-cnn-c", ["conv2", "conv3", "conv6", "conv9"]),
+                                         ("strided-cnn-a", ["conv1", "conv2", "conv3", "conv4"])])
+def test_receptive_field_equals_gradient_support(name, layers) -> None:
+    """All weights positive, input positive: every ReLU is open, so the gradient's support is exactly the RF."""
+    model = _positive_copy(name)
+    x = torch.rand(1, 3, 40, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.1
+    for layer in layers:
+        fmap = activations(model, x, layer)
+        h, w = fmap.shape[2] // 2, fmap.shape[3] // 2
+        g = reconstruct(model, x, method="backprop", layer=layer, channel=0, position=(h, w))[0].abs().sum(0)
+        top, left, bottom, right = receptive_field(model, layer, position=(h, w), input_size=(40, 40)).box()
+        rows, cols = (g > 0).nonzero().unbind(1)
+        assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (top, bottom, left, right), layer
+        assert bool((g[top:bottom, left:right] > 0).all()), layer
+
+
+def test_receptive_field_every_model_runs() -> None:
+    for name in names():
+        model = create(name)
+        assert receptive_field(model, None).size >= 32
+
+
+def test_receptive_field_errors(allcnn) -> None:
+    with pytest.raises(AllconvError, match="needs a unit"):
+        receptive_field(allcnn, "conv1").box()
+    with pytest.raises(AllconvError, match="unknown layer"):
+        receptive_field(allcnn, "conv10")
+
+
+def test_to_image_range_and_centering() -> None:
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 5 + 3
+    img = to_image(x)
+    assert img.shape == x.shape and img.min() >= 0 and img.max() <= 1
+    for i in range(2):  # the 0.5 % tails of |x - mean| are clipped: both ends saturate
+        assert (img[i] == 0).sum() > 1 and (img[i] == 1).sum() > 1
+        assert abs(float(img[i].mean()) - 0.5) < 0.01
+    assert torch.equal(to_image(torch.zeros(3, 4, 4)), torch.full((3, 4, 4), 0.5))
+    assert torch.allclose(to_image(x[0]), img[0])
+    with pytest.raises(AllconvError, match="percentile"):
+        to_image(x, percentile=0)
+    with pytest.raises(AllconvError, match=r"\(3, H, W\)"):
+        to_image(torch.zeros(4, 4))
+
+
+def test_heatmap() -> None:
+    rgb = heatmap(torch.arange(12.0).reshape(3, 4))
+    assert rgb.shape == (3, 3, 4) and rgb.min() >= 0 and rgb.max() <= 1
+    assert not torch.equal(rgb[:, 0, 0], rgb[:, 2, 3])
+    assert heatmap(torch.ones(2, 2)).shape == (3, 2, 2)
+    with pytest.raises(AllconvError, match="colormap"):
+        heatmap(torch.ones(2, 2), cmap="nope")
+    with pytest.raises(AllconvError, match="2-D"):
+        heatmap(torch.ones(1, 2, 2))
+
+
+def test_grid_and_pil() -> None:
+    tiles = torch.rand(5, 3, 4, 4)
+    img = grid(tiles, nrow=3, pad=1, scale=2)
+    assert isinstance(img, Image.Image) and img.size == (3 * (8 + 1) + 1, 2 * (8 + 1) + 1)
+    labelled = grid(tiles, nrow=3, pad=1, labels=list("abcde"), scale=2)
+    assert labelled.size[1] > img.size[1]
+    pil = to_pil(torch.ones(3, 2, 5))
+    assert pil.size == (5, 2) and pil.getpixel((0, 0)) == (255, 255, 255)
+    assert to_pil(torch.zeros(1, 2, 2)).getpixel((1, 1)) == (0, 0, 0)
+    with pytest.raises(AllconvError, match="labels"):
+        grid(tiles, labels=["a"])
+    with pytest.raises(AllconvError, match="nrow"):
+        grid(tiles, nrow=0)
+    with pytest.raises(AllconvError, match=r"\(N, 3, h, w\)"):
+        grid(torch.rand(3, 4, 4))
