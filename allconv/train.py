@@ -380,8 +380,8 @@ class Run:
 
     def _diverged(self, why: str) -> dict[str, Any]:
         msg = f"diverged: {self.cfg.model} with lr {self.cfg.lr} in epoch {self.epoch + 1} ({why}); run stopped"
-        if self.dd.main:
-            self._log(msg)
+        if self.dd.main:  # reported even with --quiet: a sweep's log must say why a learning rate has no result
+            tqdm.write(msg, file=sys.stderr)
             ckpt.write_bytes(self.out / "diverged.txt", (msg + "\n").encode())
         return {"status": "diverged", "lr": self.cfg.lr, "message": msg, "out": str(self.out)}
 

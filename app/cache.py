@@ -97,8 +97,13 @@ def figure_png(stamp: str, source: str, split: str, layer: str, limit: int, meth
     return compute.png(scans.render(_model, _images, _pre, _scan, method, list(filters)))
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def predicted(stamp: str, image_key: str, _model: nn.Module, _x: torch.Tensor) -> int:
+    return compute.predicted(_model, _x)
+
+
 @st.cache_data(max_entries=32, show_spinner="Randomizing the net layer by layer...")
-def sanity(stamp: str, image_key: str, layer: str, channel: int, _model: nn.Module,
+def sanity(stamp: str, image_key: str, layer: str | None, channel: int, _model: nn.Module,
            _x: torch.Tensor) -> tuple[list[str], dict[str, list[float]], bytes]:
     r = compute.sanity(_model, _x, layer, channel)
     return r.stages, r.similarity, compute.png(r.maps)

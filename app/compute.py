@@ -18,11 +18,12 @@ from torch import nn
 import vis
 from allconv.errors import AllconvError
 from allconv.preprocess import Preprocess
-from vis import render
+from vis import figure2, render
 from vis.receptive import receptive_field
 from vis.sanity import randomization_check
 
-TILE_SCALE = 2  # grid tiles: 32x32 signals drawn at 64x64
+TILE_SCALE = 2  # grid tiles: 32x32 signals drawn at 64x64 ...
+GRID_MAX_PX = 1100  # ... unless that makes the grid wider than this: then at 32x32 (192 filters: 22 columns)
 BIG = 160  # close-up images are drawn this many pixels wide
 
 
@@ -73,7 +74,9 @@ def reconstruction_grid(model: nn.Module, x: torch.Tensor, layer: str, method: s
     n = num_filters(model, layer, x.shape[-1])
     signals = vis.reconstruct(model, x, method=method, layer=layer, channel=list(range(n)))[0]
     tiles = torch.stack([render.to_image(s) for s in signals])
-    return render.grid(tiles, grid_columns(n), pad=1, labels=[str(i) for i in range(n)], scale=TILE_SCALE)
+    cols = grid_columns(n)
+    scale = TILE_SCALE if cols * (tiles.shape[-1] * TILE_SCALE + 1) <= GRID_MAX_PX else 1
+    return render.grid(tiles, cols, pad=1, labels=[str(i) for i in range(n)], scale=scale)
 
 
 @dataclass
@@ -133,11 +136,19 @@ class Sanity:
     maps: Image.Image
 
 
-def sanity(model: nn.Module, x: torch.Tensor, layer: str, channel: int) -> Sanity:
-    """vis's cascading randomization for one image and unit; maps as one grid (rows: methods, columns: stages)."""
+def predicted(model: nn.Module, x: torch.Tensor) -> int:
+    """The top class of a one-image batch."""
+    return int(vis.activations(model, x, None)[0].argmax())
+
+
+def sanity(model: nn.Module, x: torch.Tensor, layer: str | None, channel: int) -> Sanity:
+    """vis's cascading randomization for one image and unit (``layer=None``: class score ``channel``), its maps as
+    one picture: a row per method, a column per stage, stage names on top."""
     r = randomization_check(model, x, layer=layer, channel=channel, methods=tuple(vis.METHODS))
-    tiles = torch.stack([render.to_image(r.maps[m][s, 0]) for m in vis.METHODS for s in range(len(r.stages))])
-    labels = [f"{m[:5]} {st}" if s == 0 else st.split("..")[-1] for m in vis.METHODS
-              for s, st in enumerate(r.stages)]
+    n = len(r.stages)
+    tiles = torch.stack([render.to_image(r.maps[m][s, 0]) for m in vis.METHODS for s in range(n)])
+    heads = ["to " + name.split("..")[-1] if ".." in name else name for name in r.stages]
+    labels = heads + [""] * (len(tiles) - n)
+    grid = render.grid(tiles, n, pad=1, labels=labels, scale=2)
     return Sanity(r.stages, {m: r.spearman[m] for m in vis.METHODS},
-                  render.grid(tiles, len(r.stages), pad=1, labels=labels, scale=2))
+                  figure2.compose([("trained, then re-randomized from the top conv down", grid)], list(vis.METHODS)))

@@ -1,6 +1,8 @@
 """The app's settings, all from environment variables so tests and deployments can point it anywhere.
 
 * ``ALLCONV_DATA``: dataset for browsing and Figure 2 scans (a path or ``cifar10``); default: ``allconv.data.load(None)``.
+* ``ALLCONV_CHECKPOINT``: the checkpoint selected when the page opens (a .safetensors file or run directory);
+  default: the shipped ``checkpoints/all-cnn-c.safetensors``, else the newest local run.
 * ``ALLCONV_CHECKPOINT_DIR``: extra folder(s) (``os.pathsep``-separated) searched for ``*.safetensors`` checkpoints
   and run directories, besides the shipped ``checkpoints/`` and local ``runs/``.
 * ``ALLCONV_SCAN_LIMIT``: how many dataset images a Figure 2 scan covers (default 10000, the CIFAR-10 test split).
@@ -15,6 +17,7 @@ from pathlib import Path
 from allconv.errors import AllconvError
 
 MAX_UPLOAD_MB = 5
+MAX_UPLOAD_PIXELS = 50_000_000  # decoded size cap: a 5 MB PNG can hold a 400-megapixel image
 DEFAULT_SCAN_LIMIT = 10_000
 SCAN_TOP_K = 9
 VIEWS = ("Image", "Layer", "Filters", "Models", "Sanity")  # also the ?view= values
@@ -29,6 +32,12 @@ def checkpoint_dirs() -> list[Path]:
     """Folders named by ``ALLCONV_CHECKPOINT_DIR``."""
     raw = os.environ.get("ALLCONV_CHECKPOINT_DIR", "")
     return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def preferred_checkpoint() -> Path | None:
+    """The checkpoint named by ``ALLCONV_CHECKPOINT``, resolved (None when unset)."""
+    raw = os.environ.get("ALLCONV_CHECKPOINT", "").strip()
+    return Path(raw).expanduser().resolve() if raw else None
 
 
 def scan_limit() -> int:

@@ -31,5 +31,7 @@ else:
     sanity.render(sel, x)
 
 with alerts:
+    for message in dict.fromkeys(sel.notes):
+        st.warning(message)
     for message in dict.fromkeys(sel.errors):
         st.error(message)

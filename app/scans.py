@@ -25,6 +25,7 @@ from vis.figure2 import Scan
 from .config import SCAN_TOP_K, scan_dir
 
 CHUNK = 500  # images per scan call: the progress bar's step
+TILE_PX = 45  # Figure 2 tiles are upscaled to about this many pixels, whatever the layer's receptive field
 
 
 def scan_path(key: dict[str, object]) -> Path:
@@ -95,6 +96,8 @@ def load_or_compute(key: dict[str, object], model: nn.Module, images: torch.Tens
 
 def render(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, s: Scan, method: str,
            filters: list[int]) -> Image.Image:
-    """Figure 2 for ``filters`` with one method, drawn on a copy so the cached scan is never mutated."""
+    """Figure 2 for ``filters`` with one method, drawn on a copy so the cached scan is never mutated; tiles of small
+    receptive fields are upscaled more, so every layer's figure reads at a similar size."""
     work = dataclasses.replace(s, recons={}, seconds=dict(s.seconds))
-    return figure2.render_scan(model, images, preprocess, work, methods=[method], filters=filters, scale=3)
+    scale = max(2, min(10, TILE_PX // max(1, min(s.rf_size, *s.image_size))))
+    return figure2.render_scan(model, images, preprocess, work, methods=[method], filters=filters, scale=scale)

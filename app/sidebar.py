@@ -1,6 +1,7 @@
 """The sidebar: checkpoint, dataset, image, layer, filter and method. Each widget is bound to a URL query parameter
-(``bind="query-params"``, named by its key), so any view can be shared as a link, e.g. ``?ckpt=...&layer=conv6&filter=12
-&method=guided&view=image``. Widgets whose options depend on the checkpoint or data are clamped before they render.
+(``bind="query-params"``, named by its key), so any view can be shared as a link, e.g.
+``?checkpoint=runs/x&layer=conv6&filter=12&image=5&method=guided&view=Image``. Widgets whose options depend on the
+checkpoint or data are clamped before they render.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ Q = "query-params"
 
 @dataclass
 class Selection:
-    """Everything the views need; ``None`` where an input is missing or broken (its error is in ``errors``)."""
+    """Everything the views need; ``None`` where an input is missing or broken (its error is in ``errors``, shown
+    once at the top of the page)."""
 
     stamp: str = ""
     model: nn.Module | None = None
@@ -39,6 +41,7 @@ class Selection:
     channel: int = 0
     method: str = "guided"
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # not errors: e.g. how to get a first checkpoint
 
 
 def _clamp(key: str, options: list, default: object) -> None:
@@ -52,14 +55,14 @@ def checkpoint_input(sel: Selection) -> None:
     choices = sources.checkpoint_choices()
     default = sources.default_choice(choices)
     options = list(choices)
-    text = st.sidebar.selectbox("Checkpoint", options, index=options.index(default) if default else None, key="ckpt",
+    text = st.sidebar.selectbox("Checkpoint", options, index=options.index(default) if default else None, key="checkpoint",
                                 bind=Q, placeholder="no checkpoint found",
                                 help="shipped nets, $ALLCONV_CHECKPOINT_DIR and local runs")
-    typed = st.sidebar.text_input("...or a checkpoint path", key="ckpt_path", bind=Q,
+    typed = st.sidebar.text_input("...or a checkpoint path", key="checkpoint_path", bind=Q,
                                   placeholder="path to a .safetensors file or run directory").strip()
     text = typed or text
     if not text:
-        sel.errors.append(sources.TRAIN_HINT)
+        sel.notes.append(sources.TRAIN_HINT)
         return
     try:
         sel.stamp = sources.stamp(sources.resolve(text, choices))
@@ -103,9 +106,9 @@ def _dataset_image(sel: Selection, data: Splits) -> None:
     if count == 0:
         sel.errors.append(f"the {sel.split} split has no images of class {cls!r}")
         return
-    if st.session_state.get("idx", 0) >= count:
-        st.session_state["idx"] = 0
-    idx = st.sidebar.number_input(f"Index (0-{count - 1})", 0, count - 1, key="idx", bind=Q, step=1)
+    if st.session_state.get("image", 0) >= count:
+        st.session_state["image"] = 0
+    idx = st.sidebar.number_input(f"Index (0-{count - 1})", 0, count - 1, key="image", bind=Q, step=1)
     sel.picked = sources.from_dataset(data, sel.source, sel.split, cls, int(idx))
 
 

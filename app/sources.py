@@ -7,16 +7,18 @@ the repository when possible) that is stable enough to live in a shareable URL.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from allconv import checkpoint
 from allconv.data import Splits, load_image
 from allconv.errors import AllconvError
 
-from .config import MAX_UPLOAD_MB, checkpoint_dirs
+from .config import MAX_UPLOAD_MB, MAX_UPLOAD_PIXELS, checkpoint_dirs, preferred_checkpoint
 
 REPO = checkpoint.REPO
 TRAIN_HINT = ("no trained checkpoint found: train one with `allconv-train --model all-cnn-c` (it writes "
@@ -41,8 +43,10 @@ def _in_dir(folder: Path) -> list[Path]:
 
 
 def checkpoint_choices() -> dict[str, Path]:
-    """Every checkpoint on offer, by label: shipped ones, ``ALLCONV_CHECKPOINT_DIR``, then local runs (newest first)."""
-    found = checkpoint.shipped()
+    """Every checkpoint on offer, by label: ``ALLCONV_CHECKPOINT``, shipped ones, ``ALLCONV_CHECKPOINT_DIR``, then
+    local runs (newest first)."""
+    first = preferred_checkpoint()
+    found = ([first] if first is not None else []) + checkpoint.shipped()
     for folder in checkpoint_dirs():
         found += _in_dir(folder)
     for root in dict.fromkeys([Path("runs").resolve(), REPO / "runs"]):
@@ -51,8 +55,9 @@ def checkpoint_choices() -> dict[str, Path]:
 
 
 def default_choice(choices: dict[str, Path]) -> str | None:
-    """The label to show first: the shipped All-CNN-C if present, else the first on offer."""
-    best = checkpoint.default_checkpoint(REPO / "runs")
+    """The label to show first: ``ALLCONV_CHECKPOINT`` if set, else the shipped All-CNN-C, else the newest local run,
+    else the first on offer."""
+    best = preferred_checkpoint() or checkpoint.default_checkpoint(REPO / "runs")
     if best is not None and label(best) in choices:
         return label(best)
     return next(iter(choices), None)
@@ -87,15 +92,30 @@ class Picked:
 
 
 def from_upload(name: str, data: bytes) -> Picked:
-    """An uploaded file as a 32x32 RGB image; too big or not an image -> AllconvError."""
+    """An uploaded file as a 32x32 RGB image; too big (bytes or pixels) or not an image -> AllconvError."""
     if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
         raise AllconvError(f"upload {name!r} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
+    _check_pixels(name, data)
     try:
         image = load_image(data, size=32)
     except AllconvError:
         raise AllconvError(f"upload {name!r} is not a readable image; give a PNG, JPEG, BMP, WebP or GIF file") from None
     digest = hashlib.sha1(data).hexdigest()[:16]
     return Picked(image, f"upload:{digest}", f"uploaded {name} (resized to 32x32)")
+
+
+def _check_pixels(name: str, data: bytes) -> None:
+    """Refuse an image whose header promises more pixels than we decode (a small file can unpack to gigabytes)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            size, too_big = f"{img.width}x{img.height} pixels", img.width * img.height > MAX_UPLOAD_PIXELS
+    except Image.DecompressionBombError:  # PIL refuses it before telling its size
+        size, too_big = "far too many pixels", True
+    except Exception:  # noqa: BLE001 - unreadable: load_image gives the message
+        return
+    if too_big:
+        raise AllconvError(f"upload {name!r} is {size}; the limit is {MAX_UPLOAD_PIXELS // 10**6} megapixels: "
+                           "shrink it first (it is resized to 32x32 anyway)")
 
 
 def class_indices(splits: Splits, split: str, cls: str) -> torch.Tensor:

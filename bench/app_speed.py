@@ -92,7 +92,7 @@ def _actions(at, n: int) -> dict[str, list[Callable[[], None]]]:  # noqa: ANN001
         "change layer (conv3 <-> conv6)": [_set(at, "layer", v) for v in ["conv6", "conv3"] * (n // 2)],
         "change filter (0..9)": [_set(at, "filter", i % 10) for i in range(1, n + 1)],
         "change method (guided <-> deconvnet)": [_set(at, "method", v) for v in ["deconvnet", "guided"] * (n // 2)],
-        "change image (index 0 <-> 1)": [_set(at, "idx", v) for v in [1, 0] * (n // 2)],
+        "change image (index 0 <-> 1)": [_set(at, "image", v) for v in [1, 0] * (n // 2)],
         "switch view (Image <-> Filters/Sanity/Layer/Models)": [_view(at, v) for v in (views * n)[:n]],
     }
 
@@ -104,7 +104,7 @@ def _cold(at, n: int) -> dict[str, list[float]]:  # noqa: ANN001
                                      for v in ("conv1", "conv2", "conv4", "conv5", "conv7", "conv8", "conv9")],
         "change filter (new filter)": [_timed(at, _set(at, "filter", v)) for v in range(20, 20 + min(n, 9))],
         "change method (new method)": [_timed(at, _set(at, "method", "backprop"))],
-        "change image (new image)": [_timed(at, _set(at, "idx", v)) for v in range(2, 2 + n)],
+        "change image (new image)": [_timed(at, _set(at, "image", v)) for v in range(2, 2 + n)],
     }
 
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         what = _setup(args, Path(tmp))
         at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=600)
-        at.query_params.update({"ckpt_path": os.environ["BENCH_CKPT"], "layer": "conv3"})
+        at.query_params.update({"checkpoint_path": os.environ["BENCH_CKPT"], "layer": "conv3"})
         t0 = time.perf_counter()
         at.run()
         first = 1000 * (time.perf_counter() - t0)

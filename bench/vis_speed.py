@@ -7,6 +7,7 @@
     all three methods, top-10, all filters of each layer. Both layers share one scan pass.
 
     python bench/vis_speed.py [--device cpu] [--threads N] [--limit N] [--checkpoint PATH] [--skip-a] [--skip-b]
+                              [--channels N] [--repeat N] [--layers conv6,conv9] [--top-k 10]
 
 Timings do not depend on the weights: without a checkpoint a random-init All-CNN-C is used.
 """
@@ -18,6 +19,7 @@ import copy
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -31,15 +33,20 @@ from allconv.preprocess import Preprocess
 from vis import figure2 as f2
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
     """Median wall time of ``repeat`` calls (after one warm-up) and the last result."""
     fn()
+    _sync()
     times, out = [], None
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
 
@@ -58,6 +65,7 @@ def floor_pass(model: nn.Module, x: torch.Tensor, layer: str, channels: int) -> 
 def captum_loop(model: nn.Module, x: torch.Tensor, layer: str, channels: int) -> torch.Tensor:
     from captum.attr import NeuronGuidedBackprop
 
+    warnings.filterwarnings("ignore", category=UserWarning, module="captum")  # per-call notes about its hooks
     fmap = vis.activations(model, x, layer)[0]
     gbp = NeuronGuidedBackprop(model, dict(model.named_modules())[layer])
     out = []
@@ -67,8 +75,8 @@ def captum_loop(model: nn.Module, x: torch.Tensor, layer: str, channels: int) ->
     return torch.cat(out)
 
 
-def bench_a(model: nn.Module, x: torch.Tensor, repeat: int) -> None:
-    layer, n = "conv6", 192
+def bench_a(model: nn.Module, x: torch.Tensor, repeat: int, n: int = 192) -> None:
+    layer = "conv6"
     captum_model = copy.deepcopy(model).eval()
     for m in captum_model.modules():  # captum's module hooks cannot handle in-place ReLUs
         if isinstance(m, nn.ReLU):
@@ -83,8 +91,8 @@ def bench_a(model: nn.Module, x: torch.Tensor, repeat: int) -> None:
     print(f"\n(a) guided backprop, all {n} {layer} filters of one 32x32 image ({_where(x)})")
     print("| variant | seconds | vs floor |")
     print("|---|---|---|")
-    for name, t in (("floor: one plain fwd+bwd of 192 copies", t_floor), ("ours: vis.reconstruct, one call", t_ours),
-                    ("captum NeuronGuidedBackprop, loop of 192", t_captum)):
+    for name, t in ((f"floor: one plain fwd+bwd of {n} copies", t_floor), ("ours: vis.reconstruct, one call", t_ours),
+                    (f"captum NeuronGuidedBackprop, loop of {n}", t_captum)):
         print(f"| {name} | {t:.3f} | {t / t_floor:.2f}x |")
     print(f"ours vs captum: max abs diff {diff:.3g} (max |signal| {scale:.3g})")
 
@@ -135,6 +143,7 @@ def main() -> None:
     ap.add_argument("--layers", default="conv6,conv9")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--channels", type=int, default=192, help="conv6 filters in (a) (default: all 192)")
     ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-b", action="store_true")
     args = ap.parse_args()
@@ -154,7 +163,7 @@ def main() -> None:
         print("checkpoint: none, random-init all-cnn-c")
     images = splits.x_test[: args.limit] if args.limit else splits.x_test
     if not args.skip_a:
-        bench_a(model, pre.to(device)(images[:1].to(device)), args.repeat)
+        bench_a(model, pre.to(device)(images[:1].to(device)), args.repeat, args.channels)
     if not args.skip_b:
         bench_b(model, images, pre, args.layers.split(","), args.top_k, device, args.batch_size)
 

@@ -7,7 +7,10 @@ them through ALLCONV_CHECKPOINT_DIR / ALLCONV_DATA (ALLCONV_CACHE keeps its cach
 from __future__ import annotations
 
 import io
+import json
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,14 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture()
 def env(assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """The app pointed at the tiny assets only: the repository's shipped checkpoints and local runs are hidden."""
+    import allconv.checkpoint
+    import app.sources
+
+    monkeypatch.setattr(allconv.checkpoint, "SHIPPED_DIR", assets["root"] / "no-shipped")
+    monkeypatch.setattr(app.sources, "REPO", assets["root"])
+    monkeypatch.chdir(assets["root"])
+    monkeypatch.setenv("ALLCONV_CHECKPOINT", str(assets["ckpt"]))
     monkeypatch.setenv("ALLCONV_DATA", str(assets["data"]))
     monkeypatch.setenv("ALLCONV_CHECKPOINT_DIR", str(assets["ckpts"]))
     monkeypatch.setenv("ALLCONV_SCAN_LIMIT", "20")
@@ -67,6 +78,17 @@ def image_urls(at: AppTest) -> list[str]:
     return [u for img in at.image for u in img.value]
 
 
+def grid_spec(at: AppTest) -> dict:
+    """The Image view's clickable grid: the Vega-Lite spec of its one chart (the grid PNG inside, one box per tile)."""
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 1, f"{len(charts)} charts"
+    return json.loads(charts[0].proto.spec)
+
+
+def grid_caption(at: AppTest) -> str:
+    return next(c.value for c in at.caption if "each filter's reconstruction" in c.value)
+
+
 def errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 
@@ -76,6 +98,13 @@ def ok(at: AppTest) -> AppTest:
     assert not at.exception, [e.value for e in at.exception]
     assert not errors(at), errors(at)
     return at
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that promises width x height pixels (header only): a few bytes that would decode to gigabytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
 
 
 def png_bytes(size: tuple[int, int] = (50, 40), mode: str = "RGBA") -> bytes:
@@ -90,9 +119,12 @@ def test_image_view_shows_image_top5_grid_and_detail(env: dict[str, Path]) -> No
     at = ok(run())
     caps = captions(at)
     assert caps[0] == "tiny test #0 (airplane)"
-    assert caps[1].startswith("conv1, guided: each filter's reconstruction")
-    assert caps[2:5] == ["guided", "deconvnet", "backprop"]
-    assert caps[5].startswith("activation 32x32") and caps[6].startswith("receptive field rows")
+    assert caps[1:4] == ["guided", "deconvnet", "backprop"]
+    assert caps[4].startswith("activation 32x32") and caps[5].startswith("receptive field rows")
+    assert grid_caption(at).startswith("conv1, guided: each filter's reconstruction")
+    spec = grid_spec(at)
+    assert spec["layer"][0]["data"]["values"][0]["url"].startswith("data:image/png;base64,")  # one PNG, not JPEG
+    assert [c["filter"] for c in spec["layer"][1]["data"]["values"]] == list(range(96))
     assert all(u.endswith(".png") for u in image_urls(at)), image_urls(at)  # lossless, never JPEG
     top = at.dataframe[0].value
     assert list(top.columns) == ["class", "probability"] and len(top) == 5
@@ -103,8 +135,8 @@ def test_image_view_shows_image_top5_grid_and_detail(env: dict[str, Path]) -> No
 
 
 def test_deep_link_sets_checkpoint_layer_filter_method_and_image(env: dict[str, Path]) -> None:
-    at = ok(run({"layer": "conv3", "filter": "5", "method": "deconvnet", "cls": "cat", "idx": "1", "view": "Image"}))
-    assert at.sidebar.selectbox(key="ckpt").value.endswith("tiny.safetensors")
+    at = ok(run({"layer": "conv3", "filter": "5", "method": "deconvnet", "cls": "cat", "image": "1", "view": "Image"}))
+    assert at.sidebar.selectbox(key="checkpoint").value.endswith("tiny.safetensors")
     assert at.sidebar.selectbox(key="layer").value == "conv3" and at.sidebar.select_slider(key="filter").value == 5
     assert [s.value for s in at.subheader][1:] == ["conv3: every filter (deconvnet)", "conv3 filter 5"]
     assert captions(at)[0] == "tiny test #13 (cat)"  # the 2nd cat of the test split (indices 3, 13)
@@ -117,9 +149,9 @@ def test_widgets_change_layer_filter_method_image_split(env: dict[str, Path]) ->
     at.sidebar.select_slider(key="filter").set_value(7).run()
     assert "conv9 filter 7" in [s.value for s in ok(at).subheader]
     at.sidebar.segmented_control(key="method").set_value("backprop").run()
-    assert captions(ok(at))[1].startswith("conv9, backprop")
+    assert grid_caption(ok(at)).startswith("conv9, backprop") and len(grid_spec(at)["layer"][1]["data"]["values"]) == 10
     at.sidebar.selectbox(key="cls").select("dog").run()
-    at.sidebar.number_input(key="idx").set_value(1).run()
+    at.sidebar.number_input(key="image").set_value(1).run()
     assert captions(ok(at))[0] == "tiny test #15 (dog)"
     at.sidebar.segmented_control(key="split").set_value("train").run()
     assert captions(ok(at))[0] == "tiny train #15 (dog)"
@@ -143,7 +175,9 @@ def test_upload_replaces_the_dataset_image(env: dict[str, Path]) -> None:
     ("notes.txt", b"not an image", "is not a readable image"),
     ("fake.png", b"\x89PNG\r\n\x1a\n broken", "is not a readable image"),
     ("huge.png", b"\0" * (5 * 2**20 + 1), "the limit is 5 MB"),
-])
+    ("bomb.png", png_header(30_000, 30_000), "the limit is 50 megapixels"),
+    ("big.png", png_header(10_000, 6_000), "10000x6000 pixels; the limit is 50 megapixels"),
+], ids=["text", "broken-png", "too-many-bytes", "bomb", "too-many-pixels"])
 def test_bad_upload_is_one_error_and_the_page_keeps_working(env: dict[str, Path], name: str, data: bytes,
                                                              message: str) -> None:
     at = run()
@@ -152,7 +186,7 @@ def test_bad_upload_is_one_error_and_the_page_keeps_working(env: dict[str, Path]
     assert not at.exception
     assert len(errors(at)) == 1 and message in errors(at)[0]
     assert captions(at)[0] == "tiny test #0 (airplane)"  # falls back to the dataset image
-    assert len(at.image) == 7
+    assert len(at.image) == 6 and grid_spec(at)
 
 
 # --- Checkpoints and data: error paths -----------------------------------------------------------------------------
@@ -175,7 +209,7 @@ def test_bad_checkpoint_path_is_one_error(env: dict[str, Path], tmp_path: Path, 
         path = tmp_path / "weights.pt"
         torch.save({"w": torch.zeros(3)}, path)
     at = run()
-    at.sidebar.text_input(key="ckpt_path").input(str(path)).run()
+    at.sidebar.text_input(key="checkpoint_path").input(str(path)).run()
     assert not at.exception
     assert len(errors(at)) == 1 and message in errors(at)[0], errors(at)
     assert "Pick a checkpoint" in at.info[0].value
@@ -189,9 +223,27 @@ def test_no_checkpoint_says_how_to_get_one(env: dict[str, Path], monkeypatch: py
     monkeypatch.setattr(app.sources, "checkpoint_choices", lambda: {})
     at = run()
     assert not at.exception
-    assert len(errors(at)) == 1 and "allconv-train --model all-cnn-c" in errors(at)[0]
+    assert not errors(at) and len(at.warning) == 1 and "allconv-train --model all-cnn-c" in at.warning[0].value
     at.segmented_control(key="view").set_value("Models").run()
     assert at.dataframe[0].value["paper error %"].tolist()[-1] == 9.08
+
+
+def test_without_shipped_checkpoint_the_newest_run_is_picked(env: dict[str, Path], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import app.sources
+    from allconv.checkpoint import load
+
+    model, meta = load(env["ckpt"])
+    for age, name in enumerate(["new", "old"]):
+        f = save(tmp_path / "runs" / name, model, meta)
+        os.utime(f, (1e9 - age, 1e9 - age))
+    monkeypatch.setattr(app.sources, "REPO", tmp_path)
+    monkeypatch.delenv("ALLCONV_CHECKPOINT")
+    at = ok(run())
+    assert at.sidebar.selectbox(key="checkpoint").value == "runs/new"
+    assert "runs/old" in at.sidebar.selectbox(key="checkpoint").options
 
 
 def test_typed_run_directory_works(env: dict[str, Path], tmp_path: Path) -> None:
@@ -199,7 +251,7 @@ def test_typed_run_directory_works(env: dict[str, Path], tmp_path: Path) -> None
 
     model, meta = load(env["ckpt"])
     save(tmp_path / "run1", model, meta)
-    at = run({"ckpt_path": str(tmp_path / "run1")})
+    at = run({"checkpoint_path": str(tmp_path / "run1")})
     assert captions(ok(at))[0] == "tiny test #0 (airplane)"
 
 
@@ -212,7 +264,7 @@ def test_missing_dataset_is_one_error_and_upload_still_works(env: dict[str, Path
     assert "upload one" in at.info[0].value
     at.sidebar.file_uploader(key="upload").upload("red.png", png_bytes(), "image/png")
     at.run()
-    assert captions(at)[0] == "uploaded red.png (resized to 32x32)" and len(at.image) == 7
+    assert captions(at)[0] == "uploaded red.png (resized to 32x32)" and len(at.image) == 6
     at.segmented_control(key="view").set_value("Layer").run()
     assert "needs a dataset" in at.info[0].value
 
@@ -265,11 +317,17 @@ def test_models_view_table3_and_curves(env: dict[str, Path]) -> None:
 
 def test_sanity_view(env: dict[str, Path]) -> None:
     at = ok(run({"view": "Sanity", "layer": "conv2", "filter": "4"}))
-    assert [s.value for s in at.subheader] == ["Model randomization check: conv2 filter 4"]
+    top = at.session_state["unit"] == "class" and at.subheader[0].value
+    assert top and top.startswith("Model randomization check: predicted class (")
     df = at.dataframe[0].value
     assert list(df.columns) == ["guided", "deconvnet", "backprop"] and len(df) == 10
     assert df.iloc[0].tolist() == pytest.approx([1.0, 1.0, 1.0])  # stage 0 is the trained net itself
+    assert df["backprop"].iloc[-1] < 0.99  # a fully random net explains the class differently
     assert len(at.image) == 1
+    at.segmented_control(key="unit").set_value("filter").run()
+    assert [s.value for s in ok(at).subheader] == ["Model randomization check: conv2 filter 4"]
+    df = at.dataframe[0].value
+    assert (df.loc["conv9":"conv9..conv3"] == 1.0).all().all()  # layers above conv2 cannot change its maps
 
 
 # --- Shared cached model -------------------------------------------------------------------------------------------

@@ -1,24 +1,29 @@
 """End to end in a real headless browser: start ``streamlit run app/main.py`` on a free localhost port with a tiny
-checkpoint and dataset, drive it with Playwright (Debian's /usr/bin/chromium, never ``playwright install``), switch
-layer and method, and check that images render, the URL follows the selection, and no exception box appears.
+checkpoint and dataset, drive it with Playwright (Debian's /usr/bin/chromium, never ``playwright install``): switch
+layer and method, click a grid tile, upload an image, visit every view; check that images render, the URL follows the
+selection, and no exception box appears.
 
 Skips when chromium or playwright is missing, except under CI=true, where that is a failure. Screenshots go to
-``out/screenshots/`` (gitignored) and pytest's tmp dir.
+pytest's tmp dir, and are copied to ``$ALLCONV_SCREENSHOTS`` when it is set.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from allconv.checkpoint import Meta, save
 from allconv.models import create
@@ -28,11 +33,19 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-IMAGES_OK = """() => { const imgs = [...document.querySelectorAll('[data-testid="stMain"] img')];
-                       return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.length : 0; }"""
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# A finished rerun: the script has stopped, no element is left over from the previous run (Streamlit marks those
+# data-stale until the run ends), no spinner, and every image in the main area has loaded.
+SETTLED = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const imgs = [...document.querySelectorAll('[data-testid="stMain"] img')];
+  return app && app.dataset.testScriptState === 'notRunning' && !document.querySelector('[data-stale="true"]')
+    && !document.querySelector('[data-testid="stSpinner"]') && imgs.every(i => i.complete && i.naturalWidth > 0);
+}"""
 
 
 def _require_browser() -> None:
+    """Skip without a browser, but fail under CI: there the browser test must run."""
     missing = [] if CHROMIUM.exists() else [str(CHROMIUM)]
     try:
         import playwright.sync_api  # noqa: F401
@@ -46,15 +59,17 @@ def _require_browser() -> None:
 
 
 def _assets(root: Path) -> dict[str, str]:
+    """A 20-image dataset and a random All-CNN-C checkpoint; the app's env pointing at them."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
     y = np.arange(20) % 10
-    np.savez(root / "tiny.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    np.savez(root / "tiny.npz", x_train=x, y_train=y, x_test=x, y_test=y, label_names=np.array(CLASSES))
     torch.manual_seed(0)
     pre = Preprocess.fit("standardize", torch.from_numpy(x).permute(0, 3, 1, 2))
+    history = [{"epoch": e, "train_loss": 2.3 / e, "train_acc": 0.1 * e, "val_acc": 0.09 * e} for e in range(1, 4)]
     save(root / "ckpts" / "tiny.safetensors", create("all-cnn-c"),
-         Meta(model="all-cnn-c", classes=[str(i) for i in range(10)], preprocess=pre))
-    return {"ALLCONV_DATA": str(root / "tiny.npz"), "ALLCONV_CHECKPOINT_DIR": str(root / "ckpts"),
+         Meta(model="all-cnn-c", classes=CLASSES, preprocess=pre, metrics={"test_acc": 0.3}, history=history))
+    return {"ALLCONV_DATA": str(root / "tiny.npz"), "ALLCONV_CHECKPOINT": str(root / "ckpts" / "tiny.safetensors"),
             "ALLCONV_SCAN_LIMIT": "20", "ALLCONV_CACHE": str(root / "cache")}
 
 
@@ -68,7 +83,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}")
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 if r.read().strip() == b"ok":
@@ -78,60 +93,19 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
     raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
 
 
-def _settle(page, *texts: str) -> None:  # noqa: ANN001
-    """Wait until every text (new in this rerun, drawn late) is on the page, no spinner is left and images loaded."""
-    for text in texts:
-        page.get_by_text(text).first.wait_for(timeout=90_000)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stSpinner\"]')", timeout=90_000)
-    page.wait_for_function(IMAGES_OK, timeout=30_000)
-
-
-def _shot(page, name: str, tmp_path: Path) -> None:  # noqa: ANN001
-    out = REPO / "out" / "screenshots"
-    out.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(out / name), full_page=True)
-    page.screenshot(path=str(tmp_path / name), full_page=True)
-
-
-def test_app_in_a_real_browser(tmp_path: Path) -> None:
+@pytest.fixture()
+def app_url(tmp_path: Path) -> Iterator[str]:
+    """The app, served on a free localhost port for the test, stopped after it."""
     _require_browser()
-    from playwright.sync_api import sync_playwright
-
     port = _free_port()
-    url = f"http://localhost:{port}"
-    env = {**os.environ, **_assets(tmp_path)}
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"), "--server.port", str(port),
            "--server.headless", "true", "--server.address", "localhost", "--server.fileWatcherType", "none",
            "--browser.gatherUsageStats", "false"]
+    env = {**os.environ, **_assets(tmp_path)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_healthy(url, proc)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1700})
-                page.goto(f"{url}/?filter=3")
-                _settle(page, "conv1, guided: each filter", "conv1 filter 3")
-
-                sidebar = page.get_by_test_id("stSidebar")
-                sidebar.get_by_test_id("stSelectbox").filter(has_text="Layer").click()
-                page.get_by_role("option", name="conv3", exact=True).click()
-                _settle(page, "conv3, guided: each filter", "conv3 filter 3")
-                sidebar.get_by_text("deconvnet", exact=True).click()
-                _settle(page, "conv3, deconvnet: each filter", "conv3 filter 3")
-
-                assert page.eval_on_selector_all('[data-testid="stMain"] img', "els => els.length") == 7
-                assert page.locator('[data-testid="stException"]').count() == 0
-                assert "layer=conv3" in page.url and "method=deconvnet" in page.url and "filter=3" in page.url
-                _shot(page, "app-image-view.png", tmp_path)
-
-                page.get_by_test_id("stMain").get_by_text("Layer", exact=True).first.click()
-                _settle(page, "conv3: top 9 test patches of filters 3-10", "Figure 2 for conv3 (deconvnet)")
-                assert "view=Layer" in page.url
-                assert page.locator('[data-testid="stException"]').count() == 0
-                _shot(page, "app-layer-view.png", tmp_path)
-            finally:
-                browser.close()
+        _wait_healthy(f"http://localhost:{port}", proc)
+        yield f"http://localhost:{port}"
     finally:
         proc.terminate()
         try:
@@ -139,4 +113,97 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _settle(page, *texts: str) -> None:  # noqa: ANN001
+    """Wait for every text (new in this rerun) to show, then for the rerun to finish; no exception box allowed."""
+    for text in texts:
+        page.get_by_text(text).first.wait_for(timeout=120_000)
+    page.wait_for_function(SETTLED, timeout=120_000)
+    exceptions = page.get_by_test_id("stException")
+    assert exceptions.count() == 0, exceptions.first.inner_text()
+
+
+def _shot(page, name: str, tmp_path: Path) -> Path:  # noqa: ANN001
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("ALLCONV_SCREENSHOTS"):
+        out = Path(os.environ["ALLCONV_SCREENSHOTS"])
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, out / name)
+    return path
+
+
+def _click_tile(page, index: int, n: int, cols: int) -> None:  # noqa: ANN001
+    """Click the centre of tile ``index`` in the grid chart (tiles fill the chart evenly: see app.tiles.cells)."""
+    box = page.get_by_test_id("stVegaLiteChart").locator("canvas, svg").first.bounding_box()
+    rows = -(-n // cols)
+    row, col = divmod(index, cols)
+    page.mouse.click(box["x"] + (col + 0.5) * box["width"] / cols, box["y"] + (row + 0.6) * box["height"] / rows)
+
+
+def _view(page, name: str) -> None:  # noqa: ANN001
+    """Pick a view in the segmented control at the top of the page (the main area's first button group)."""
+    page.get_by_test_id("stMain").get_by_test_id("stButtonGroup").first.get_by_text(name, exact=True).click()
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_app_in_a_real_browser(app_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from app.compute import grid_columns
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1500})
+            page.goto(f"{app_url}/?filter=3")
+            _settle(page, "conv1: every filter (guided)", "conv1 filter 3", "tiny test #0 (airplane)")
+            sidebar = page.get_by_test_id("stSidebar")
+
+            sidebar.get_by_test_id("stSelectbox").filter(has_text="Layer").click()
+            page.get_by_role("option", name="conv3", exact=True).click()
+            _settle(page, "conv3: every filter (guided)", "conv3 filter 3")
+            sidebar.get_by_text("deconvnet", exact=True).click()
+            _settle(page, "conv3: every filter (deconvnet)")
+            main = page.get_by_test_id("stMain")
+            assert main.locator("img").count() == 6  # the image and the close-up's five; the grid is the chart
+            assert "layer=conv3" in page.url and "method=deconvnet" in page.url and "filter=3" in page.url
+
+            _click_tile(page, 21, 96, grid_columns(96))  # a click on tile 21 picks filter 21
+            _settle(page, "conv3 filter 21")
+            assert "filter=21" in page.url
+            _shot(page, "app-image-view.png", tmp_path)
+
+            sidebar.locator('input[type="file"]').set_input_files(
+                files=[{"name": "red.png", "mimeType": "image/png", "buffer": _png((220, 30, 30))}])
+            _settle(page, "uploaded red.png (resized to 32x32)", "conv3 filter 21")
+
+            views = {"Layer": ["Figure 2 for conv3 (deconvnet)"], "Filters": ["Weights of conv3"],
+                     "Models": ["Table 3: CIFAR-10 test error", "Training curves"],
+                     "Sanity": ["Model randomization check: predicted class"]}
+            for view, texts in views.items():
+                _view(page, view)
+                _settle(page, *texts)
+                assert f"view={view}" in page.url
+                _shot(page, f"app-{view.lower()}-view.png", tmp_path)
+            assert page.get_by_test_id("stVegaLiteChart").count() >= 1  # the Sanity view's chart drew
+        finally:
+            browser.close()
     assert (tmp_path / "app-image-view.png").stat().st_size > 10_000
+
+
+def test_missing_browser_fails_under_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """CI must not pass by skipping the browser test."""
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="browser test needs"):
+        _require_browser()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception):
+        _require_browser()

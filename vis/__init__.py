@@ -1,6 +1,8 @@
-"""vis: guided backpropagation, deconvnet and backprop reconstructions, feature maps, receptive fields, rendering."""
+"""vis: guided backpropagation, deconvnet and backprop reconstructions, feature maps, receptive fields, rendering,
+and the paper's Figure 2 (``vis.figure2``: top patches per filter and their reconstructions)."""
 
-from . import render, sanity
+from . import figure2, render, sanity
+from .figure2 import Scan, load_scan, save_scan
 from .maps import activations, filter_maps, model_lock, model_scope
 from .modes import METHODS, backward_mode
 from .receptive import RF, receptive_field
@@ -9,7 +11,7 @@ from .render import grid, heatmap, to_image, to_pil
 from .sanity import randomization_check
 
 __all__ = [
-    "METHODS", "RF", "activations", "backward_mode", "filter_maps", "grid", "heatmap", "model_lock", "model_scope",
-    "randomization_check", "receptive_field", "reconstruct", "reconstruct_at", "render", "sanity", "to_image",
-    "to_pil",
+    "METHODS", "RF", "Scan", "activations", "backward_mode", "figure2", "filter_maps", "grid", "heatmap", "load_scan",
+    "model_lock", "model_scope", "randomization_check", "receptive_field", "reconstruct", "reconstruct_at", "render",
+    "sanity", "save_scan", "to_image", "to_pil",
 ]

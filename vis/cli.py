@@ -1,8 +1,9 @@
 """``allconv-visualize``: Figure 2 of the paper for a layer of a trained net, or one image's reconstructions.
 
 By default it loads the shipped All-CNN-C (else the newest local run), scans the CIFAR-10 test split and writes
-``figure2-<layer>.png`` and the raw arrays ``figure2-<layer>.npz`` (reusable by the app) under ``out/vis/<checkpoint>/``.
-``--image`` instead visualizes one image: per chosen filter its activation map and reconstructions.
+``figure2-<layer>.png`` and the raw arrays ``figure2-<layer>.npz`` (reusable by the app: ``vis.figure2.load_scan``)
+under ``out/vis/<checkpoint>/``. ``--image`` instead visualizes one image: per chosen filter its activation map and
+reconstructions. Bad input ends with a one-line ``error: ...`` on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,19 +13,105 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from allconv.errors import AllconvError
+from allconv.preprocess import Preprocess
 
 from . import render
-from .figure2 import TITLES, _compose, figure2, save_scan
+from .figure2 import TITLES, compose, render_scan, save_scan, scan_layers
 from .maps import activations, filter_maps, resolve_layer
 from .modes import METHODS
 from .reconstruct import reconstruct
+
+PROG = "allconv-visualize"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``error: ...``) and exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see {PROG} --help\n")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = _Parser(prog=PROG, description="Figure 2 of Springenberg et al. 2014 (top patches + guided backprop, "
+                 "deconvnet, backprop reconstructions) for a layer, or one image's reconstructions.")
+    ap.add_argument("--checkpoint", help="a .safetensors file or run dir (default: the shipped All-CNN-C, else the "
+                    "newest run under runs/)")
+    ap.add_argument("--layer", default="conv6", help="layer name, e.g. conv6 (default); a comma list shares one scan")
+    ap.add_argument("--method", default="all", help=f"{', '.join(METHODS)} or all (default)")
+    ap.add_argument("--filters", default="0-15", help="filter indices: ranges and commas, e.g. 0-3,7 (default 0-15)")
+    ap.add_argument("--top-k", type=int, default=10, help="patches per filter (default 10)")
+    ap.add_argument("--image", help="visualize this image (any size or mode; converted to RGB and resized to 32x32) "
+                    "instead of scanning a dataset")
+    ap.add_argument("--filter-maps", action="store_true", help="also write the layer's filter weights as a PNG")
+    ap.add_argument("--data", help="dataset: cifar10, an .npz, an image folder or archive (default: CIFAR-10 from "
+                    "torchvision's folder, else the offline copy)")
+    ap.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 if it is missing")
+    ap.add_argument("--split", default="test", choices=["test", "train"])
+    ap.add_argument("--limit", type=int, help="scan only the first N images of the split")
+    ap.add_argument("--batch-size", type=int, default=500, help="images per scan batch (default 500)")
+    ap.add_argument("--scale", type=int, default=3, help="tile upscaling factor, nearest neighbour (default 3)")
+    ap.add_argument("--out", help="output folder (default out/vis/<checkpoint name>/)")
+    ap.add_argument("--device", default="auto", help="auto (cuda if available, default), cpu, cuda or cuda:N")
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        lines = run(args)
+    except AllconvError as e:
+        return _fail(str(e))
+    except OSError as e:  # e.g. an --out folder that cannot be written
+        return _fail(f"{e.strerror or e} ({e.filename or ''}); check --out and file permissions")
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _fail(message: str) -> int:
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    """Do what the arguments ask; return the summary lines (files written, timings)."""
+    from allconv import checkpoint
+
+    _check_numbers(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = parse_methods(args.method)
+    image = _read_image(args.image) if args.image else None  # fail fast, before loading anything else
+    device = _device(args.device)
+    path = _checkpoint_path(args.checkpoint)
+    model, meta = checkpoint.load(path, device=device)
+    if meta.preprocess is None:
+        raise AllconvError(f"{path} stores no preprocessing statistics; re-save it with allconv-train")
+    layers = [s for s in args.layer.replace(" ", "").split(",") if s]
+    if not layers:
+        raise AllconvError("--layer is empty; give a layer name such as conv6")
+    filters = {layer: parse_filters(args.filters, _num_filters(model, layer, device)) for layer in layers}
+    out = Path(args.out) if args.out else Path("out") / "vis" / _stem(path)
+    lines = [f"checkpoint: {path} ({meta.model}, {device})"]
+    if image is not None:
+        for layer in layers:
+            lines += _image_mode(model, meta.preprocess, image, args, layer, filters[layer], methods, out, device)
+    else:
+        lines += _figure_mode(model, meta.preprocess, args, filters, methods, out, device)
+    if args.filter_maps:
+        for layer in layers:
+            lines += _filter_maps(model, layer, filters[layer], out, args.scale)
+    return lines
 
 
 def parse_filters(spec: str, count: int | None = None) -> list[int]:
@@ -41,103 +128,72 @@ def parse_filters(spec: str, count: int | None = None) -> list[int]:
     return out
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="allconv-visualize", description="Figure 2 (top patches + guided backprop, "
-                                 "deconvnet, backprop reconstructions) for a layer, or one image's reconstructions.")
-    ap.add_argument("--checkpoint", help="a .safetensors file or run dir (default: the shipped All-CNN-C, else the "
-                    "newest run under runs/)")
-    ap.add_argument("--layer", default="conv6", help="layer name, e.g. conv6 (default); a comma list shares one scan")
-    ap.add_argument("--method", default="all", choices=[*METHODS, "all"])
-    ap.add_argument("--filters", default="0-15", help="filter indices: ranges and commas, e.g. 0-3,7 (default 0-15)")
-    ap.add_argument("--top-k", type=int, default=10, help="patches per filter (default 10)")
-    ap.add_argument("--image", help="visualize this image (any size or mode) instead of scanning a dataset")
-    ap.add_argument("--filter-maps", action="store_true", help="also write the layer's filter weights as a PNG")
-    ap.add_argument("--data", help="dataset: cifar10 (default), an .npz, an image folder or archive")
-    ap.add_argument("--split", default="test", choices=["test", "train"])
-    ap.add_argument("--limit", type=int, help="scan only the first N images")
-    ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--scale", type=int, default=3, help="tile upscaling factor (nearest)")
-    ap.add_argument("--out", help="output folder (default out/vis/<checkpoint name>/)")
-    ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
-    ap.add_argument("--threads", type=int, help="torch CPU threads")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    return ap.parse_args(argv)
+def parse_methods(spec: str) -> list[str]:
+    """``"all"`` -> every method; else one name (or a comma list) from ``METHODS``."""
+    if spec == "all":
+        return list(METHODS)
+    names = [s for s in spec.replace(" ", "").split(",") if s]
+    bad = [n for n in names if n not in METHODS]
+    if bad or not names:
+        raise AllconvError(f"unknown method {(bad or [spec])[0]!r}; choose one of: {', '.join(METHODS)}, all")
+    return list(dict.fromkeys(names))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        written = run(args)
-    except AllconvError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for line in written:
-        print(line)
-    return 0
+def _check_numbers(args: argparse.Namespace) -> None:
+    for name in ("top_k", "limit", "batch_size", "scale", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise AllconvError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def run(args: argparse.Namespace) -> list[str]:
-    """Do what the arguments ask; return the summary lines (files written, timings)."""
-    from allconv import checkpoint
+# --- Figure 2 ------------------------------------------------------------------------------------------------------
 
-    path = _checkpoint_path(args.checkpoint)
-    device = _device(args.device)
-    model, meta = checkpoint.load(path, device=device)
-    if meta.preprocess is None:
-        raise AllconvError(f"{path} stores no preprocessing; re-save it with allconv-train")
-    layers = [s for s in args.layer.replace(" ", "").split(",") if s]
-    if not layers:
-        raise AllconvError("--layer is empty; give a layer name such as conv6")
-    for layer in layers:
-        resolve_layer(model, layer)
-    methods = list(METHODS) if args.method == "all" else [args.method]
-    if args.top_k < 1 or (args.limit is not None and args.limit < 1) or args.batch_size < 1 or args.scale < 1:
-        raise AllconvError("--top-k, --limit, --batch-size and --scale must be >= 1")
-    out = Path(args.out) if args.out else Path("out") / "vis" / _stem(path)
-    lines = [f"checkpoint: {path} ({meta.model})"]
-    for layer in layers:
-        filters = parse_filters(args.filters, _num_filters(model, layer, device))
-        if args.image:
-            lines += _image_mode(model, meta.preprocess, args, layer, filters, methods, out, device)
-        else:
-            lines += _figure_mode(model, meta.preprocess, args, layer, filters, methods, out, device)
-        if args.filter_maps:
-            lines += _filter_maps(model, layer, filters, out, args.scale)
+def _figure_mode(model: nn.Module, pre: Preprocess, args: argparse.Namespace, filters: dict[str, list[int]],
+                 methods: list[str], out: Path, device: torch.device) -> list[str]:
+    """One scan over the split for every layer, then per layer: reconstructions, figure PNG and arrays."""
+    t0 = time.perf_counter()
+    images = _dataset(args)
+    scans = scan_layers(model, images, pre, layers=list(filters), top_k=args.top_k, batch_size=args.batch_size,
+                        device=device, progress=not args.quiet, split=args.split)
+    lines = [f"scanned {len(images)} {args.split} images for {', '.join(filters)} in {time.perf_counter() - t0:.1f}s"]
+    for layer, rows in filters.items():
+        t1 = time.perf_counter()
+        s = scans[layer]
+        img = render_scan(model, images, pre, s, methods=methods, filters=rows, device=device, scale=args.scale)
+        png, npz = out / f"figure2-{layer}.png", out / f"figure2-{layer}.npz"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        img.save(png)
+        save_scan(s, npz)
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in s.seconds.items() if k != "scan")
+        lines += [f"figure 2 for {layer}: {len(rows)} filters x top {s.top_k}, {'/'.join(methods)}, "
+                  f"{time.perf_counter() - t1:.1f}s ({stages})", f"wrote {png}", f"wrote {npz}"]
     return lines
 
 
-def _figure_mode(model: nn.Module, pre: object, args: argparse.Namespace, layer: str, filters: list[int],
-                 methods: list[str], out: Path, device: torch.device) -> list[str]:
+def _dataset(args: argparse.Namespace) -> torch.Tensor:
     from allconv import data
 
-    t0 = time.perf_counter()
-    splits = data.load(args.data)
+    splits = data.load(args.data, download=args.download)
     images = splits.x_test if args.split == "test" else splits.x_train
-    images = images[: args.limit] if args.limit else images
-    scan, img = figure2(model, images, pre, layer=layer, methods=methods, filters=filters, top_k=args.top_k,  # type: ignore[arg-type]
-                        batch_size=args.batch_size, device=device, progress=not args.quiet, split=args.split,
-                        scale=args.scale)
-    png, npz = out / f"figure2-{layer}.png", out / f"figure2-{layer}.npz"
-    png.parent.mkdir(parents=True, exist_ok=True)
-    img.save(png)
-    save_scan(scan, npz)
-    stages = ", ".join(f"{k} {v:.1f}s" for k, v in scan.seconds.items())
-    return [f"figure 2 ({layer}, {len(filters)} filters x top {scan.top_k} of {len(images)} {args.split} images, "
-            f"{'/'.join(methods)}): {time.perf_counter() - t0:.1f}s ({stages})", f"wrote {png}", f"wrote {npz}"]
+    return images[: args.limit] if args.limit else images
 
 
-def _image_mode(model: nn.Module, pre: object, args: argparse.Namespace, layer: str, filters: list[int],
-                methods: list[str], out: Path, device: torch.device) -> list[str]:
+# --- one image -----------------------------------------------------------------------------------------------------
+
+def _read_image(path: str) -> torch.Tensor:
     from allconv.data import load_image
 
+    return load_image(path, size=32)
+
+
+def _image_mode(model: nn.Module, pre: Preprocess, raw: torch.Tensor, args: argparse.Namespace, layer: str,
+                filters: list[int], methods: list[str], out: Path, device: torch.device) -> list[str]:
+    """Per filter: its activation map and each method's reconstruction (at the strongest unit) of one image."""
     t0 = time.perf_counter()
-    raw = load_image(args.image, size=32)
-    x = pre(raw.unsqueeze(0).to(device))  # type: ignore[operator]
-    acts = activations(model, x, layer)[0, filters].cpu()
-    sigs = {m: reconstruct(model, x, method=m, layer=layer, channel=filters)[0].cpu() for m in methods}
-    img = _image_figure(raw, acts, sigs, layer, filters, args.scale)
+    x = pre.to(device)(raw.unsqueeze(0).to(device))
+    acts = activations(model, x, layer)[0, filters].float().cpu()
+    sigs = {m: reconstruct(model, x, method=m, layer=layer, channel=filters)[0].float().cpu() for m in methods}
+    img = image_figure(raw, acts, sigs, layer, filters, args.scale)
     stem = f"image-{Path(args.image).stem}-{layer}"
     png, npz = out / f"{stem}.png", out / f"{stem}.npz"
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -149,36 +205,56 @@ def _image_mode(model: nn.Module, pre: object, args: argparse.Namespace, layer: 
             f"{time.perf_counter() - t0:.1f}s", f"wrote {png}", f"wrote {npz}"]
 
 
-def _image_figure(raw: torch.Tensor, acts: torch.Tensor, sigs: dict[str, torch.Tensor], layer: str,
-                  filters: list[int], scale: int):  # noqa: ANN202
-    """Panels: the image, then one column per kind (activation map, each method), one row per filter."""
-    size = raw.shape[1:]
-    maps = torch.nn.functional.interpolate(acts[:, None].float(), size=tuple(size), mode="nearest")[:, 0]
-    panels = [("image", raw[None].float() / 255),
+def image_figure(raw: torch.Tensor, acts: torch.Tensor, sigs: dict[str, torch.Tensor], layer: str,
+                 filters: list[int], scale: int) -> Image.Image:
+    """Panels: the image, the activation map (upscaled to the image), one panel per method; one row per filter."""
+    size = tuple(raw.shape[1:])
+    maps = torch.nn.functional.interpolate(acts[:, None], size=size, mode="nearest")[:, 0]
+    panels = [("image", (raw[None].float() / 255).expand(len(filters), -1, -1, -1)),
               ("activation", torch.stack([render.heatmap(m) for m in maps]))]
-    panels += [(TITLES[m], torch.stack([render.to_image(t) for t in s])) for m, s in sigs.items()]
+    panels += [(TITLES[m], render.to_image(s)) for m, s in sigs.items()]
     grids = [(title, render.grid(tiles, nrow=1, pad=1, scale=scale)) for title, tiles in panels]
-    return _compose(grids, [f"{layer} #{f}" for f in filters], len(filters))
+    return compose(grids, [f"{layer} #{f}" for f in filters])
 
+
+# --- filter weights ------------------------------------------------------------------------------------------------
 
 def _filter_maps(model: nn.Module, layer: str, filters: list[int], out: Path, scale: int) -> list[str]:
-    """RGB tiles when the layer sees the image (conv1), else each filter's first 32 input-channel kernels in gray."""
-    w = filter_maps(model, layer)[filters].float().cpu()
-    if w.shape[1] == 3:
-        tiles, nrow = torch.stack([render.to_image(f) for f in w]), min(len(filters), 16)
-    else:
-        w = w[:, :32]
-        tiles = torch.stack([render.to_image(k[None].expand(3, -1, -1)) for f in w for k in f])
-        nrow = w.shape[1]
-    img = render.grid(tiles, nrow=nrow, pad=1, scale=max(scale * 2, 1))
+    """The layer's weights as ``filters-<layer>.png``: one row per filter."""
     png = out / f"filters-{layer}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
-    img.save(png)
+    title, img = weights_panel(filter_maps(model, layer)[filters].float().cpu(), scale)
+    compose([(title, img)], [f"{layer} #{f}" for f in filters]).save(png)
     return [f"wrote {png}"]
 
 
+def weights_panel(w: torch.Tensor, scale: int, max_inputs: int = 32) -> tuple[str, Image.Image]:
+    """(F, C, k, k) weights as (title, image), one row per filter: RGB tiles when C is 3 (the first layer); a heatmap
+    of the (F, C) matrix for 1x1 convs; else each filter's first ``max_inputs`` kernels in gray, normalized per
+    filter (so kernels of one filter compare)."""
+    f, c, k, _ = w.shape
+    px = max(scale * 2, 1)
+    if c == 3:
+        return f"{k}x{k} RGB filters", render.grid(render.to_image(w), nrow=1, pad=1, scale=px)
+    if k == 1:
+        mat = render.to_pil(render.heatmap(w[:, :, 0, 0]))
+        title = f"1x1 weights: one row per filter, {c} input channels (inferno: low to high)"
+        return title, mat.resize((c * px, f * max(px, 12)), Image.Resampling.NEAREST)
+    n = min(c, max_inputs)
+    rows = render.to_image(w[:, :n].reshape(f, 1, n * k, k).expand(-1, 3, -1, -1))  # each filter normalized alone
+    tiles = rows.reshape(f, 3, n, k, k).permute(0, 2, 1, 3, 4).reshape(f * n, 3, k, k)
+    return f"{k}x{k} kernels on input channels 0-{n - 1} of {c}", render.grid(tiles, nrow=n, pad=1, scale=px)
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
 def _num_filters(model: nn.Module, layer: str, device: torch.device) -> int:
+    """How many channels ``layer`` outputs (an unknown layer -> the one-line list of valid ones)."""
+    resolve_layer(model, layer)
     fmap = activations(model, torch.zeros(1, 3, 32, 32, device=device), layer)
+    if fmap.ndim != 4:
+        raise AllconvError(f"layer {layer!r} gives shape {tuple(fmap.shape)}, not feature maps; pick a conv layer "
+                           "such as conv6")
     return int(fmap.shape[1])
 
 
@@ -189,7 +265,7 @@ def _checkpoint_path(given: str | None) -> Path:
         return Path(given)
     found = default_checkpoint()
     if found is None:
-        raise AllconvError("no checkpoint found (no shipped checkpoints/all-cnn-c.safetensors, no runs/**/"
+        raise AllconvError("no checkpoint found (no shipped checkpoints/all-cnn-c.safetensors, no runs/*/"
                            "model.safetensors); train one with allconv-train or pass --checkpoint PATH")
     return Path(found)
 
@@ -204,10 +280,12 @@ def _stem(path: Path) -> str:
 def _device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise AllconvError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AllconvError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise AllconvError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise AllconvError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible; use cuda:0")
     return torch.device(name)
 
 

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 import torch
 
 import vis
 
-from .. import cache, compute
+from .. import cache, compute, tiles
 from ..sidebar import Selection
 
 
@@ -28,10 +30,28 @@ def render(sel: Selection, x: torch.Tensor | None) -> None:
         st.dataframe(df, hide_index=True, column_config={
             "probability": st.column_config.ProgressColumn("probability", format="%.3f", min_value=0, max_value=1)})
     st.subheader(f"{sel.layer}: every filter ({sel.method})")
-    grid = cache.grid_png(sel.stamp, sel.picked.key, sel.layer, sel.method, sel.model, x)
-    st.image(grid, caption=f"{sel.layer}, {sel.method}: each filter's reconstruction at its strongest position",
-             output_format="PNG")
+    _grid(sel, x)
     _detail(sel, x)
+
+
+def _grid(sel: Selection, x: torch.Tensor) -> None:
+    """The layer's reconstruction grid as one PNG; clicking a tile picks that filter (a fresh chart per pick, so
+    clicking the same tile again after moving the slider still counts)."""
+    assert sel.picked is not None
+    png = cache.grid_png(sel.stamp, sel.picked.key, sel.layer, sel.method, sel.model, x)
+    n = cache.num_filters(sel.stamp, sel.layer, sel.model)
+    key = f"grid-{sel.layer}-{sel.channel}"
+    st.vega_lite_chart(spec=tiles.spec(png, n, compute.grid_columns(n), sel.channel), key=key, width="content",
+                       theme=None, on_select=partial(_pick, key), selection_mode=tiles.PARAM)
+    st.caption(f"{sel.layer}, {sel.method}: each filter's reconstruction at its strongest position; click a tile "
+               "to see that filter large")
+
+
+def _pick(key: str) -> None:
+    """Chart callback: the clicked tile becomes the Filter slider's value (before the rerun draws it)."""
+    channel = tiles.picked(st.session_state.get(key))
+    if channel is not None:
+        st.session_state["filter"] = channel
 
 
 def _detail(sel: Selection, x: torch.Tensor) -> None:

@@ -15,6 +15,8 @@ from allconv.paper import TABLE3_ERROR
 from .. import sources
 from ..sidebar import Selection
 
+ROW_PX = 35  # st.dataframe's row height: the table is sized to show all 12 nets without scrolling
+
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _metas(stamps: tuple[str, ...]) -> list[tuple[str, dict, list[dict]]]:
@@ -51,8 +53,9 @@ def render(sel: Selection) -> None:
     metas = _metas(tuple(stamps))
     st.subheader("Table 3: CIFAR-10 test error without augmentation")
     df = table(metas)
-    st.dataframe(df, hide_index=True)
-    st.bar_chart(df.set_index("model"), stack=False, y_label="test error %")
+    st.dataframe(df, hide_index=True, height=ROW_PX * (len(df) + 1) + 3, placeholder="no checkpoint",
+                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.columns[1:]})
+    st.bar_chart(df.set_index("model"), stack=False, sort=False, y_label="test error %")
     if not any(h for _, _, h in metas):
         st.info(sources.TRAIN_HINT)
         return

@@ -1,5 +1,6 @@
-"""Sanity view: vis's model-randomization check (Adebayo et al. 2018) for the chosen image, layer and filter: how
-much each method's map changes as the net's weights are re-randomized from the top down."""
+"""Sanity view: vis's model-randomization check (Adebayo et al. 2018) for the chosen image: how much each method's map
+changes as the net's weights are re-randomized from the top down. The unit explained is the predicted class score
+(as in the paper) or the chosen filter."""
 
 from __future__ import annotations
 
@@ -10,18 +11,27 @@ import torch
 from .. import cache
 from ..sidebar import Selection
 
+UNITS = ("class", "filter")
+
 
 def render(sel: Selection, x: torch.Tensor | None) -> None:
     if sel.picked is None or x is None:
         st.info("Pick a dataset image or upload one in the sidebar.")
         return
-    st.subheader(f"Model randomization check: {sel.layer} filter {sel.channel}")
-    stages, similarity, png = cache.sanity(sel.stamp, sel.picked.key, sel.layer, sel.channel, sel.model, x)
+    assert sel.meta is not None
+    cls = cache.predicted(sel.stamp, sel.picked.key, sel.model, x)
+    name = sel.meta.classes[cls] if cls < len(sel.meta.classes) else str(cls)
+    titles = {"class": f"predicted class ({name})", "filter": f"{sel.layer} filter {sel.channel}"}
+    unit = st.segmented_control("Explain", UNITS, default="class", key="unit", format_func=titles.get,
+                                required=True) or "class"
+    layer, channel = (None, cls) if unit == "class" else (sel.layer, sel.channel)
+    st.subheader(f"Model randomization check: {titles[unit]}")
+    stages, similarity, png = cache.sanity(sel.stamp, sel.picked.key, layer, channel, sel.model, x)
     df = pd.DataFrame(similarity, index=pd.Index(stages, name="randomized"))
     st.line_chart(df.reset_index(drop=True), x_label="stage: 0 = trained, k = top k convs re-randomized",
-                  y_label="Spearman vs trained map")
+                  y_label="Spearman |map| vs trained")
     st.dataframe(df.round(3))
-    st.image(png, caption="maps per method (rows) as more layers are re-randomized (columns)",
-             output_format="PNG")
+    st.image(png, caption="maps per method (rows) as more layers are re-randomized (columns)", output_format="PNG")
     st.caption("A method that explains the model should change when the weights do: guided backprop and deconvnet "
-               "are known to stay similar (they partly reconstruct the image), plain backprop changes.")
+               "are known to stay similar (they partly reconstruct the image), plain backprop changes. For a filter, "
+               "randomizing the layers above it changes nothing by construction.")

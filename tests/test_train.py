@@ -1,0 +1,121 @@
+"""The trainer on CPU: it learns, resumes bit-identically, matches under DDP (2 gloo processes), survives divergence,
+and turns bad input into one line. All runs are tiny (Strided-CNN-A, the cheapest net, on a few hundred images)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from allconv import train as T
+
+TINY = ["--model", "strided-cnn-a", "--batch-size", "64", "--val-size", "64", "--test-limit", "64",
+        "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture
+def npz(cifar10_npz: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The shared CIFAR-10 copy, cached in a temp dir so tests never write into the user's cache."""
+    monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path_factory.getbasetemp() / "allconv-cache"))
+    return str(cifar10_npz)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def _history(run: Path) -> list[dict]:
+    drop = ("epoch_s", "img_per_s", "wall_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in drop}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_cpu_run_learns(npz: str, tmp_path: Path) -> None:
+    r = T.train(T.TrainConfig(model="strided-cnn-a", data=npz, epochs=3, batch_size=128, lr=0.2, train_limit=2000,
+                              val_size=500, test_limit=500, device="cpu", quiet=True, out=str(tmp_path / "run")))
+    assert r["status"] == "done" and r["epoch"] == 3
+    assert r["val_acc"] > 0.25 and r["test_acc"] > 0.25, r  # chance is 0.10
+    hist = _history(tmp_path / "run")
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+
+
+def test_resume_is_bit_identical(npz: str, tmp_path: Path) -> None:
+    args = TINY + ["--data", npz, "--train-limit", "256", "--epochs", "2", "--lr", "0.1"]
+    assert T.main(args + ["--out", str(tmp_path / "full")]) == 0
+    assert T.main(args + ["--out", str(tmp_path / "cut"), "--stop-after", "1"]) == 0
+    assert json.loads((tmp_path / "cut" / "meta.json").read_text())["epoch"] == 1
+    assert T.main(["--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    full, cut = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+    assert _history(tmp_path / "full") == _history(tmp_path / "cut")
+
+
+def test_ddp_two_gloo_processes_match_one_process(npz: str, tmp_path: Path) -> None:
+    """Same global batch split over 2 ranks = one process (no BN/dropout/augmentation: those are per-rank draws)."""
+    args = TINY + ["--data", npz, "--train-limit", "256", "--epochs", "1", "--lr", "0.05", "--no-batchnorm",
+                   "--no-dropout", "--augment", "none", "--no-tta"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "allconv.train", *args, "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert T.main(args + ["--out", str(tmp_path / "one")]) == 0
+    ddp, one = _weights(tmp_path / "ddp"), _weights(tmp_path / "one")
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert json.loads((tmp_path / "ddp" / "meta.json").read_text())["device"] == "cpu x2"
+
+
+def test_divergence_is_reported_and_sweep_goes_on(npz: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    args = TINY + ["--data", npz, "--train-limit", "256", "--epochs", "1"]
+    assert T.main(args + ["--lr", "1e30", "--out", str(tmp_path / "boom")]) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
+    assert len(lines) == 1 and "lr 1e+30" in lines[0] and "nan" in lines[0]
+    assert "diverged" in (tmp_path / "boom" / "diverged.txt").read_text()
+
+    cfg = T.TrainConfig(model="strided-cnn-a", data=npz, epochs=1, batch_size=64, train_limit=256, val_size=64,
+                        test_limit=64, device="cpu", quiet=True, out=str(tmp_path / "sweep"))
+    summary = T.sweep(cfg, lrs=(1e30, 0.01))
+    assert [r["status"] for r in summary["runs"]] == ["diverged", "done"]
+    assert summary["best_lr"] == 0.01 and (tmp_path / "sweep" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--model", "all-cnn-d"], "unknown model 'all-cnn-d'; choose one of: model-a"),
+    (["--epochs", "0"], "must be positive"),
+    (["--data", "/nonexistent/data.npz"], "not found"),
+    (["--val-size", "999999"], "validation size"),
+    (["--resume", "/nonexistent/run"], "checkpoint not found"),
+])
+def test_bad_input_is_one_line(npz: str, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
+                               match: str) -> None:
+    data = [] if "--data" in extra else ["--data", npz]
+    assert T.main(TINY + data + ["--train-limit", "64", "--out", str(tmp_path / "r")] + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and match in err and "\n" not in err
+
+
+def test_existing_run_is_never_overwritten(npz: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = TINY + ["--data", npz, "--train-limit", "64", "--epochs", "1", "--out", str(tmp_path / "r")]
+    assert T.main(args) == 0
+    before = (tmp_path / "r" / "model.safetensors").read_bytes()
+    assert T.main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
+    assert T.main(["--resume", str(tmp_path / "r")]) == 2  # already finished
+
+
+def test_lr_schedules() -> None:
+    cfg = T.TrainConfig(epochs=350, protocol="paper", lr=0.1).resolved()
+    assert [T.lr_at(cfg, t) for t in (0, 199.9, 200, 250, 300)] == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.0001])
+    fast = T.TrainConfig(epochs=10, warmup=0.2, lr=1.0).resolved()
+    assert [T.lr_at(fast, t) for t in (0, 1, 2, 6, 10)] == pytest.approx([0, 0.5, 1.0, 0.5, 0.0])
+    assert fast.batchnorm and not T.TrainConfig(protocol="paper").resolved().batchnorm

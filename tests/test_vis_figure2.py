@@ -1,0 +1,234 @@
+"""vis.figure2: the scan equals a brute-force top-k, windowed reconstructions equal full-image ones at every map
+position, patches, the .npz round trip, the figure's size and pixels, and one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from allconv.errors import AllconvError
+from allconv.models import AllConvNet, ConvBlock, create
+from allconv.preprocess import Preprocess
+from vis import METHODS, activations, figure2, receptive_field, reconstruct_at, render
+from vis.figure2 import GAP, LABEL_W, PATCH_FILL, TITLE_H, Scan
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return create("all-cnn-c").eval()
+
+
+@pytest.fixture(scope="module")
+def images(cifar10_test_arrays: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+    """The first 64 CIFAR-10 test images, uint8 NCHW."""
+    return torch.from_numpy(cifar10_test_arrays[0][:64]).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture(scope="module")
+def pre(images: torch.Tensor) -> Preprocess:
+    return Preprocess.fit("standardize", images)
+
+
+@pytest.fixture(scope="module")
+def fig(net: nn.Module, images: torch.Tensor, pre: Preprocess) -> tuple[Scan, Image.Image]:
+    """Figure 2 for conv6, filters 0, 3, 7, top 4, all methods."""
+    return figure2.figure2(net, images, pre, layer="conv6", filters=[0, 3, 7], top_k=4, batch_size=16,
+                           progress=False)
+
+
+def _mini(pool: bool) -> AllConvNet:
+    """All-CNN-C's geometry with 8-16 channels (cheap enough to test every map position); ``pool``: max-pooling
+    (3, 2, padding 1) instead of strided convs, as in Model C."""
+    torch.manual_seed(1)
+    layers: OrderedDict[str, nn.Module] = OrderedDict(conv1=ConvBlock(3, 8, 3), conv2=ConvBlock(8, 8, 3))
+    layers["pool1" if pool else "conv3"] = nn.MaxPool2d(3, 2, padding=1) if pool else ConvBlock(8, 8, 3, stride=2)
+    layers.update(conv4=ConvBlock(8, 16, 3), conv5=ConvBlock(16, 16, 3))
+    layers["pool2" if pool else "conv6"] = nn.MaxPool2d(3, 2, padding=1) if pool else ConvBlock(16, 16, 3, stride=2)
+    layers.update(conv7=ConvBlock(16, 16, 3, padding=0), conv8=ConvBlock(16, 10, 1), gap=nn.AdaptiveAvgPool2d(1),
+                  flatten=nn.Flatten())
+    return AllConvNet(layers, "mini").eval()
+
+
+def _all_positions(model: nn.Module, images: torch.Tensor, pre: Preprocess, layer: str) -> Scan:
+    """A scan whose every filter row picks each map position once (image i % N for pick i)."""
+    s = figure2.scan(model, images, pre, layer=layer, top_k=1, progress=False)
+    h, w = activations(model, pre(images[:1]), layer).shape[2:]
+    k, f = h * w, s.num_filters
+    pos = np.stack(np.divmod(np.arange(k), w), axis=-1)
+    return dataclasses.replace(s, top_k=k, values=np.zeros((f, k), np.float32),
+                               image_index=np.tile(np.arange(k) % len(images), (f, 1)),
+                               positions=np.tile(pos, (f, 1, 1)), boxes=np.zeros((f, k, 4), np.int64))
+
+
+def _cut(src: torch.Tensor, top: int, left: int, size: int, fill: float) -> torch.Tensor:
+    """Reference crop of one (C, H, W) image: the size x size square at (top, left), ``fill`` outside the image."""
+    out = torch.full((src.shape[0], size, size), fill, dtype=src.dtype)
+    t, l, b, r = max(top, 0), max(left, 0), min(top + size, src.shape[1]), min(left + size, src.shape[2])
+    out[:, t - top:b - top, l - left:r - left] = src[:, t:b, l:r]
+    return out
+
+
+# --- scan ----------------------------------------------------------------------------------------------------------
+
+def test_scan_equals_brute_force_topk(net, images, pre) -> None:
+    x = images[:32]
+    scans = figure2.scan_layers(net, x, pre, layers=["conv3", "conv9"], top_k=5, batch_size=10, progress=False)
+    for layer, s in scans.items():  # 4 batches, the last of 2 images
+        fmap = activations(net, pre(x), layer)
+        vals, flat = fmap.flatten(2).max(dim=2)  # (N, F)
+        order = torch.sort(vals.T, dim=1, descending=True, stable=True).indices[:, :5]
+        np.testing.assert_allclose(s.values, vals.T.gather(1, order).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(s.image_index, order.numpy())
+        at, w = flat.T.gather(1, order), fmap.shape[3]
+        np.testing.assert_array_equal(s.positions, torch.stack([at // w, at % w], -1).numpy())
+        rf = receptive_field(net, layer)
+        np.testing.assert_array_equal(s.boxes, [[rf.box(h, w) for h, w in row] for row in s.positions])
+        assert (s.layer, s.model, s.top_k, s.num_images, s.num_filters) == (layer, "all-cnn-c", 5, 32, fmap.shape[1])
+        assert (s.rf_size, s.rf_stride, s.rf_offset) == (rf.size, rf.stride_hw, rf.start_hw)
+
+
+def test_scan_layers_shares_one_pass_and_top_k_caps_at_n(net, images, pre) -> None:
+    both = figure2.scan_layers(net, images[:6], pre, layers=["conv6", "conv2"], top_k=9, batch_size=4,
+                               progress=False)
+    for layer in ("conv2", "conv6"):
+        alone = figure2.scan(net, images[:6], pre, layer=layer, top_k=9, progress=False)
+        assert both[layer].top_k == alone.top_k == 6  # only 6 images
+        np.testing.assert_array_equal(both[layer].image_index, alone.image_index)
+        np.testing.assert_allclose(both[layer].values, alone.values, rtol=1e-5)
+
+
+# --- reconstructions -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pool,layer,window", [(False, "conv3", 8), (False, "conv6", 24), (False, "conv7", 32),
+                                               (True, "conv4", 12), (True, "pool2", 24)])
+def test_windowed_reconstruction_equals_full_image_at_every_position(images, pre, pool: bool, layer: str,
+                                                                     window: int) -> None:
+    model = _mini(pool)
+    s = _all_positions(model, images[:8], pre, layer)
+    assert figure2._window_size(s) == (window, window)  # the fast path is really taken where it can be
+    x, k, f, size = pre(images[:8]), s.top_k, 5, s.rf_size
+    idx, pos = torch.arange(k) % 8, torch.from_numpy(s.positions[f])
+    starts = np.array(s.rf_offset) + s.positions[f] * np.array(s.rf_stride)
+    got = figure2.reconstructions(model, images[:8], pre, s, filters=[f], batch_size=64)
+    for m in METHODS:
+        full = reconstruct_at(model, x[idx], method=m, layer=layer, channels=torch.full((k,), f), positions=pos)
+        want = torch.stack([_cut(full[i], *map(int, starts[i]), size, 0.0) for i in range(k)])
+        inside = torch.stack([_cut(torch.ones_like(full[i]), *map(int, starts[i]), size, 0.0) for i in range(k)])
+        assert float(want.abs().sum()) == pytest.approx(float(full.abs().sum()), rel=1e-6)  # nothing outside the RF
+        assert got[m].shape == (1, k, 3, size, size) and not got[m][0][inside == 0].any()
+        torch.testing.assert_close(got[m][0], want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_reconstructions_of_real_picks_match_full_image(net, images, pre) -> None:
+    s = figure2.scan(net, images, pre, layer="conv6", top_k=2, progress=False)
+    fast = figure2.reconstructions(net, images, pre, s, methods=["guided"], filters=[1, 9])["guided"]
+    slow = figure2.reconstructions(net, images, pre, s, methods=["guided"], filters=[1, 9], crop=False)["guided"]
+    assert fast.shape == (2, 2, 3, 19, 19) and fast.abs().amax() > 0
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5 * float(slow.abs().max()))
+    assert set(s.seconds) == {"scan", "guided"}
+
+
+def test_patches_are_the_rf_with_gray_outside(images, pre) -> None:
+    model = _mini(False)
+    s = _all_positions(model, images[:8], pre, "conv6")
+    tiles = figure2.patches(images[:8], s, filters=[2])
+    starts = np.array(s.rf_offset) + s.positions[2] * np.array(s.rf_stride)
+    assert tiles.dtype == torch.uint8 and tiles.shape == (1, 64, 3, 19, 19)
+    for i in range(64):
+        assert torch.equal(tiles[0, i], _cut(images[i % 8], *map(int, starts[i]), 19, PATCH_FILL))
+    assert (tiles[0, 0, :, :9, :] == PATCH_FILL).all()  # unit (0, 0): its RF starts 9 px above the image
+
+
+# --- save / load ---------------------------------------------------------------------------------------------------
+
+def test_save_load_round_trip(fig, tmp_path: Path) -> None:
+    s, img = fig
+    path = s.save(tmp_path / "deep" / "conv6.scan")  # any suffix, parent created
+    back = figure2.load_scan(path)
+    for f in dataclasses.fields(Scan):
+        a, b = getattr(s, f.name), getattr(back, f.name)
+        if isinstance(a, np.ndarray):
+            assert a.dtype == b.dtype and np.array_equal(a, b), f.name
+        elif isinstance(a, dict):
+            assert list(a) == list(b) and all(np.array_equal(a[m], b[m]) for m in a), f.name
+        else:
+            assert a == b, f.name
+    assert list(back.recons) == list(METHODS) and back.patches.shape == (3, 4, 3, 19, 19)
+    assert np.array_equal(np.asarray(figure2.figure(path)), np.asarray(img))  # the figure, straight from the file
+    assert [p.name for p in (tmp_path / "deep").iterdir()] == ["conv6.scan"]  # no temp file left
+
+
+def test_load_scan_refuses_foreign_and_damaged_files(fig, tmp_path: Path) -> None:
+    s, _ = fig
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    np.savez(tmp_path / "other.npz", values=np.zeros(3))
+    good = s.save(tmp_path / "good.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
+    damaged = dataclasses.replace(s, image_index=s.image_index[:, :2])
+    damaged.save(tmp_path / "shapes.npz")
+    cases = {"missing.npz": "scan file not found", "junk.npz": "not a readable Figure 2 scan",
+             "other.npz": "not a readable Figure 2 scan", "cut.npz": "not a readable Figure 2 scan",
+             "shapes.npz": "inconsistent shapes"}
+    for name, msg in cases.items():
+        with pytest.raises(AllconvError, match=msg) as e:
+            figure2.load_scan(tmp_path / name)
+        assert "\n" not in str(e.value)
+
+
+# --- figure --------------------------------------------------------------------------------------------------------
+
+def test_figure_size_and_layout(fig, images) -> None:
+    s, img = fig
+    tile, k, rows = 19 * 3, 4, 3
+    panel_w, panel_h = k * (tile + 1) + 1, rows * (tile + 1) + 1
+    assert img.size == (LABEL_W + 4 * panel_w + 3 * GAP, TITLE_H + panel_h)
+    a = np.asarray(img)
+    for r in range(rows):  # patches panel: each tile is its uint8 patch, upscaled 3x (nearest)
+        for c in range(k):
+            y, x = TITLE_H + 1 + r * (tile + 1), LABEL_W + 1 + c * (tile + 1)
+            want = s.patches[r, c].transpose(1, 2, 0).repeat(3, 0).repeat(3, 1)
+            np.testing.assert_array_equal(a[y:y + tile, x:x + tile], want)
+    x0 = LABEL_W + 2 * (panel_w + GAP) + 1  # first tile of the third panel: deconvnet
+    want = render.to_image(torch.from_numpy(s.recons["deconvnet"][0, 0]))
+    want = (want * 255).round().byte().permute(1, 2, 0).numpy().repeat(3, 0).repeat(3, 1)
+    np.testing.assert_array_equal(a[TITLE_H + 1:TITLE_H + 1 + tile, x0:x0 + tile], want)
+    assert (a[TITLE_H:, LABEL_W + panel_w:LABEL_W + panel_w + GAP] == 255).all()  # white gap between panels
+    one = figure2.figure(s, ["guided"], [7], scale=2)
+    assert one.size == (LABEL_W + 2 * (k * 39 + 1) + GAP, TITLE_H + 40)
+
+
+def test_render_scan_methods_and_filters(net, images, pre) -> None:
+    s = figure2.scan(net, images[:8], pre, layer="conv2", top_k=4, progress=False)
+    img = figure2.render_scan(net, images[:8], pre, s, methods=["backprop"], filters=[4, 1], scale=3)
+    assert list(s.recons) == ["backprop"] and s.filters.tolist() == [4, 1] and s.patches.shape == (2, 4, 3, 5, 5)
+    assert img.size == (LABEL_W + 2 * (4 * 16 + 1) + GAP, TITLE_H + 2 * 16 + 1)
+    assert {"scan", "backprop", "render"} <= set(s.seconds)
+
+
+def test_bad_input_is_one_line(net, images, pre, fig) -> None:
+    s, _ = fig
+    cases = [
+        (lambda: figure2.scan(net, pre(images[:2]), pre, layer="conv6"), "uint8"),
+        (lambda: figure2.scan(net, images[:0], pre, layer="conv6"), "non-empty"),
+        (lambda: figure2.scan(net, images[:2], pre, layer="conv99"), "unknown layer 'conv99'; valid: conv1, conv2"),
+        (lambda: figure2.scan(net, images[:2], pre, layer="flatten", progress=False), r"\(N, C, H, W\) maps"),
+        (lambda: figure2.scan(net, images[:2], pre, layer="conv6", top_k=0), "top_k and batch_size must be >= 1"),
+        (lambda: figure2.reconstructions(net, images, pre, s, filters=[192]), "filter 192 out of range .* 0-191"),
+        (lambda: figure2.reconstructions(net, images, pre, s, methods=["lrp"]), "unknown method 'lrp'"),
+        (lambda: figure2.figure(dataclasses.replace(s, patches=None)), "no tiles yet"),
+        (lambda: figure2.figure(s, filters=[1]), "asked for filters 1"),
+        (lambda: figure2.figure(dataclasses.replace(s, recons={"guided": s.recons["guided"]}), ["backprop"]),
+         "holds methods guided .* asked for backprop"),
+    ]
+    for call, msg in cases:
+        with pytest.raises(AllconvError, match=msg) as e:
+            call()
+        assert "\n" not in str(e.value)
