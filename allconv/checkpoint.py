@@ -22,7 +22,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from .errors import AllconvError
-from .models import AllConvNet, create
+from .models import AllConvNet, create, fold_batchnorm
 from .preprocess import Preprocess
 
 FORMAT = "allconv/1"
@@ -206,3 +206,15 @@ def default_checkpoint(root: str | Path = "runs") -> Path | None:
         return best
     runs = local_runs(root)
     return runs[0] if runs else None
+
+
+def export(src: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Ship a trained run as one small file: BatchNorm folded into the convs (the paper's exact architecture), dropout
+    off, weights in ``dtype``; the metadata and training record travel with it."""
+    model, meta = load(src)
+    if meta.batchnorm:
+        model = fold_batchnorm(model)
+        meta.config = {**meta.config, "folded_batchnorm": True}
+    meta = dataclasses.replace(meta, batchnorm=False, dropout=False,
+                               metrics={**meta.metrics, "params": sum(p.numel() for p in model.parameters())})
+    return save(dest, model, meta, dtype=dtype)

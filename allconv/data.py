@@ -107,7 +107,7 @@ def load_image(src: Any, size: int | None = 32) -> torch.Tensor:
             img = Image.open(src)
         img.load()
         img = img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, TypeError) as e:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, TypeError) as e:
         label = src if isinstance(src, (str, Path)) else type(src).__name__
         raise AllconvError(f"cannot read image {label}: {str(e).splitlines()[0][:100]}; give a PNG, JPEG, BMP or "
                            "WebP file") from None

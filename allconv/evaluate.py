@@ -48,6 +48,10 @@ def table3(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
                      "paper_params": TABLE3_PARAMS[meta.model], "epochs": meta.epoch,
                      "wall_s": meta.metrics.get("wall_s"), "img_per_s": meta.metrics.get("img_per_s"),
                      "device": meta.device, "data": meta.data, "path": str(p)})
+    for name in sorted(set(names()) - {r["model"] for r in rows}):  # the paper's full table, "-" where we have none
+        rows.append({"model": name, "err": None, "paper_err": TABLE3_ERROR[name], "params": None,
+                     "paper_params": TABLE3_PARAMS[name], "epochs": None, "wall_s": None, "img_per_s": None,
+                     "device": "", "data": "", "path": None})
     order = {n: i for i, n in enumerate(names())}
     return sorted(rows, key=lambda r: order[r["model"]])
 
@@ -61,7 +65,7 @@ def table3_markdown(rows: list[dict[str, Any]]) -> str:
              " device |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {fmt(r['err'], '.2f')} | {r['paper_err']:.2f} | {fmt(r['params'], ',')} | "
-                     f"{r['paper_params']} | {r['epochs']} | {fmt(r['wall_s'], '.0f')} | {fmt(r['img_per_s'], ',.0f')}"
+                     f"{r['paper_params']} | {fmt(r['epochs'])} | {fmt(r['wall_s'], '.0f')} | {fmt(r['img_per_s'], ',.0f')}"
                      f" | {r['device'] or '-'} |")
     return "\n".join(lines) + "\n"
 

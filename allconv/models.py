@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 from .errors import AllconvError
@@ -108,3 +109,26 @@ def layer_names(model: nn.Module) -> list[str]:
 def num_parameters(model: nn.Module) -> int:
     """Trainable parameter count, as in the paper's tables."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: AllConvNet) -> AllConvNet:
+    """The same function in eval mode without BatchNorm: each conv+BN becomes one biased conv, so a net trained with
+    BN ships as exactly the paper's architecture (and parameter count). Dropout is dropped too (identity in eval)."""
+    name = getattr(model, "name", "custom")
+    num_classes = model.get_submodule(layer_names(model)[-1]).conv.out_channels
+    plain = create(name, num_classes=num_classes, dropout=False, batchnorm=False)
+    for key, block in model.named_children():
+        if not isinstance(block, ConvBlock):
+            continue
+        conv, target = block.conv, plain.get_submodule(key).conv
+        bn = getattr(block, "bn", None)
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=conv.weight.device)
+        if bn is None:
+            target.weight.copy_(conv.weight)
+            target.bias.copy_(bias)
+            continue
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        target.weight.copy_(conv.weight * scale[:, None, None, None])
+        target.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return plain.to(next(model.parameters()).device).eval()

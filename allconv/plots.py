@@ -43,6 +43,9 @@ def table3_chart(rows: list[dict[str, Any]], path: str | Path) -> None:
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["paper_err"] for r in rows], 0.4, label="paper (Table 3)")
     ax.bar([x + 0.2 for x in xs], [r["err"] if r["err"] is not None else 0 for r in rows], 0.4, label="allconv")
+    for x, r in zip(xs, rows):
+        if r["err"] is None:
+            ax.text(x + 0.2, 0.3, "not trained", rotation=90, ha="center", va="bottom", fontsize=7, color="gray")
     ax.set_xticks(list(xs), names, rotation=30, ha="right")
     ax.set_ylabel("CIFAR-10 test error (%)"), ax.legend(), ax.grid(axis="y", alpha=0.3)
     _save(fig, path)

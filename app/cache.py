@@ -40,7 +40,8 @@ def dataset(source: str) -> Splits:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def top5(stamp: str, image_key: str, _model: nn.Module, _x: torch.Tensor, classes: list[str]) -> list[tuple[str, float]]:
+def top5(stamp: str, image_key: str, _model: nn.Module, _x: torch.Tensor,
+         classes: list[str]) -> list[tuple[str, float]]:
     return compute.top5(_model, _x, classes)
 
 

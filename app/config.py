@@ -1,6 +1,7 @@
 """The app's settings, all from environment variables so tests and deployments can point it anywhere.
 
-* ``ALLCONV_DATA``: dataset for browsing and Figure 2 scans (a path or ``cifar10``); default: ``allconv.data.load(None)``.
+* ``ALLCONV_DATA``: dataset for browsing and Figure 2 scans (a path or ``cifar10``);
+  default: ``allconv.data.load(None)``.
 * ``ALLCONV_CHECKPOINT``: the checkpoint selected when the page opens (a .safetensors file or run directory);
   default: the shipped ``checkpoints/all-cnn-c.safetensors``, else the newest local run.
 * ``ALLCONV_CHECKPOINT_DIR``: extra folder(s) (``os.pathsep``-separated) searched for ``*.safetensors`` checkpoints

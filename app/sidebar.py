@@ -55,8 +55,8 @@ def checkpoint_input(sel: Selection) -> None:
     choices = sources.checkpoint_choices()
     default = sources.default_choice(choices)
     options = list(choices)
-    text = st.sidebar.selectbox("Checkpoint", options, index=options.index(default) if default else None, key="checkpoint",
-                                bind=Q, placeholder="no checkpoint found",
+    text = st.sidebar.selectbox("Checkpoint", options, index=options.index(default) if default else None,
+                                key="checkpoint", bind=Q, placeholder="no checkpoint found",
                                 help="shipped nets, $ALLCONV_CHECKPOINT_DIR and local runs")
     typed = st.sidebar.text_input("...or a checkpoint path", key="checkpoint_path", bind=Q,
                                   placeholder="path to a .safetensors file or run directory").strip()
@@ -86,16 +86,22 @@ def data_input(sel: Selection) -> None:
 
 
 def image_input(sel: Selection) -> None:
-    """An uploaded image if there is one, else the chosen dataset image (by class and index)."""
+    """An uploaded image if there is one (and it reads), else the chosen dataset image (by class and index)."""
     upload = st.sidebar.file_uploader(f"Upload an image (max {MAX_UPLOAD_MB} MB)", key="upload",
                                       help="any image file (PNG, JPEG, BMP, WebP, GIF); it is converted to RGB, 32x32")
-    if sel.data is not None:
-        _dataset_image(sel, sel.data)
+    uploaded, problem = None, None
     if upload is not None:
         try:
-            sel.picked = sources.from_upload(upload.name, upload.getvalue())
+            uploaded = sources.from_upload(upload.name, upload.getvalue())
         except AllconvError as e:
-            sel.errors.append(f"{e} (showing the dataset image instead)" if sel.picked else str(e))
+            problem = str(e)
+    if uploaded is not None:
+        st.sidebar.caption("Showing the upload: remove it to browse the dataset again.")
+    if sel.data is not None:
+        _dataset_image(sel, sel.data)
+    if problem is not None:
+        sel.errors.append(f"{problem} (showing the dataset image instead)" if sel.picked else problem)
+    sel.picked = uploaded or sel.picked
 
 
 def _dataset_image(sel: Selection, data: Splits) -> None:

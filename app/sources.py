@@ -99,7 +99,8 @@ def from_upload(name: str, data: bytes) -> Picked:
     try:
         image = load_image(data, size=32)
     except AllconvError:
-        raise AllconvError(f"upload {name!r} is not a readable image; give a PNG, JPEG, BMP, WebP or GIF file") from None
+        raise AllconvError(f"upload {name!r} is not a readable image; give a PNG, JPEG, BMP, WebP or GIF "
+                           "file") from None
     digest = hashlib.sha1(data).hexdigest()[:16]
     return Picked(image, f"upload:{digest}", f"uploaded {name} (resized to 32x32)")
 

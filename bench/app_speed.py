@@ -1,6 +1,6 @@
 """How fast the app re-renders: AppTest reruns of app/main.py for each kind of interaction, timed.
 
-    python bench/app_speed.py [--reruns 10] [--checkpoint PATH] [--data PATH]
+    python bench/app_speed.py [--reruns 10] [--checkpoint PATH] [--data PATH] [--scan-limit 500]
 
 Uses the default checkpoint (shipped All-CNN-C or newest run) or, if none, a random All-CNN-C saved to a temp dir;
 data: CIFAR-10 as ``allconv.data.load(None)`` finds it, else 200 random images. Two tables:
@@ -42,7 +42,7 @@ def _setup(args: argparse.Namespace, tmp: Path) -> str:
         np.savez(tmp / "random.npz", x_train=x, y_train=np.arange(200) % 10, x_test=x, y_test=np.arange(200) % 10)
         data = tmp / "random.npz"
     os.environ["ALLCONV_DATA"] = str(data)
-    os.environ.setdefault("ALLCONV_SCAN_LIMIT", "500")
+    os.environ["ALLCONV_SCAN_LIMIT"] = str(args.scan_limit)
     os.environ.setdefault("ALLCONV_CACHE", str(tmp / "cache"))
     ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint(REPO / "runs")
     if ckpt is None:
@@ -51,8 +51,7 @@ def _setup(args: argparse.Namespace, tmp: Path) -> str:
         ckpt = save(tmp / "ckpts" / "random-all-cnn-c.safetensors", create("all-cnn-c"),
                     Meta(model="all-cnn-c", classes=[str(i) for i in range(10)],
                          preprocess=Preprocess.fit("standardize", x)))
-    os.environ["ALLCONV_CHECKPOINT_DIR"] = str(Path(ckpt).parent)
-    os.environ["BENCH_CKPT"] = str(ckpt)
+    os.environ["ALLCONV_CHECKPOINT"] = str(ckpt)  # the app opens on it
     return f"checkpoint {ckpt}, data {data}, scan limit {os.environ['ALLCONV_SCAN_LIMIT']}"
 
 
@@ -86,11 +85,12 @@ def _view(at, value: str) -> Callable[[], None]:  # noqa: ANN001
 
 
 def _actions(at, n: int) -> dict[str, list[Callable[[], None]]]:  # noqa: ANN001
-    """Per interaction, the widget changes of one measurement round (they toggle between visited states)."""
+    """Per interaction, the widget changes of one round (n even). Each group ends where it started (conv3, filter 0,
+    guided, image 0, Image view), so a second round revisits exactly the states of the first: all warm."""
     views = ["Filters", "Image", "Sanity", "Image", "Layer", "Image", "Models", "Image"]
     return {
         "change layer (conv3 <-> conv6)": [_set(at, "layer", v) for v in ["conv6", "conv3"] * (n // 2)],
-        "change filter (0..9)": [_set(at, "filter", i % 10) for i in range(1, n + 1)],
+        "change filter (0..9)": [_set(at, "filter", i % 10) for i in range(1, n)] + [_set(at, "filter", 0)],
         "change method (guided <-> deconvnet)": [_set(at, "method", v) for v in ["deconvnet", "guided"] * (n // 2)],
         "change image (index 0 <-> 1)": [_set(at, "image", v) for v in [1, 0] * (n // 2)],
         "switch view (Image <-> Filters/Sanity/Layer/Models)": [_view(at, v) for v in (views * n)[:n]],
@@ -99,9 +99,10 @@ def _actions(at, n: int) -> dict[str, list[Callable[[], None]]]:  # noqa: ANN001
 
 def _cold(at, n: int) -> dict[str, list[float]]:  # noqa: ANN001
     """Reruns whose state was never seen before: the work happens in the rerun."""
+    layers = [_timed(at, _set(at, "layer", v)) for v in ("conv1", "conv2", "conv4", "conv5", "conv7", "conv8", "conv9")]
+    _timed(at, _set(at, "layer", "conv3"))  # back to a layer with >= 96 filters (conv9 has 10)
     return {
-        "change layer (new layer)": [_timed(at, _set(at, "layer", v))
-                                     for v in ("conv1", "conv2", "conv4", "conv5", "conv7", "conv8", "conv9")],
+        "change layer (new layer)": layers,
         "change filter (new filter)": [_timed(at, _set(at, "filter", v)) for v in range(20, 20 + min(n, 9))],
         "change method (new method)": [_timed(at, _set(at, "method", "backprop"))],
         "change image (new image)": [_timed(at, _set(at, "image", v)) for v in range(2, 2 + n)],
@@ -113,22 +114,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reruns", type=int, default=10)
     ap.add_argument("--checkpoint")
     ap.add_argument("--data")
+    ap.add_argument("--scan-limit", type=int, default=500, help="images in the Layer view's Figure 2 scan")
     args = ap.parse_args(argv)
+    args.reruns = max(2, args.reruns + args.reruns % 2)  # even: every toggle returns to its start
     from streamlit.testing.v1 import AppTest
 
     with tempfile.TemporaryDirectory() as tmp:
         what = _setup(args, Path(tmp))
         at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=600)
-        at.query_params.update({"checkpoint_path": os.environ["BENCH_CKPT"], "layer": "conv3"})
+        at.query_params.update({"layer": "conv3"})
         t0 = time.perf_counter()
         at.run()
         first = 1000 * (time.perf_counter() - t0)
         actions = _actions(at, args.reruns)
-        for steps in actions.values():  # warm-up: visit every state once
-            for step in steps[:10]:
+        for steps in actions.values():  # warm-up: the same round once, untimed
+            for step in steps:
                 _timed(at, step)
         warm = {name: [_timed(at, s) for s in steps] for name, steps in actions.items()}
-        _timed(at, _set(at, "layer", "conv3"))
         cold = _cold(at, args.reruns)
     print(f"# app re-render times (AppTest), {what}")
     print(f"# torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; first page load {first:.0f} ms")

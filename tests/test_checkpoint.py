@@ -144,3 +144,12 @@ def test_default_checkpoint_prefers_shipped_then_newest_run(tmp_path: Path, monk
     monkeypatch.setattr(ckpt, "SHIPPED_DIR", tmp_path / "ship")
     shipped = ckpt.save(tmp_path / "ship" / "all-cnn-c.safetensors", net, _meta())
     assert ckpt.default_checkpoint(tmp_path / "runs") == shipped
+
+
+def test_export_folds_batchnorm_into_a_small_file(saved: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    path, net = saved
+    shipped = ckpt.export(path.parent, tmp_path / "ship" / "strided-cnn-a.safetensors")
+    model, meta = ckpt.load(shipped)
+    assert not meta.batchnorm and meta.config.get("folded_batchnorm") and meta.metrics["params"] == 839_242
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), net(x), rtol=2e-2, atol=2e-3)  # fp16 weights

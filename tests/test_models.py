@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from allconv import AllconvError
-from allconv.models import create, layer_names, names, num_parameters
+from allconv.models import create, fold_batchnorm, layer_names, names, num_parameters
 
 # Counted by hand from the paper's Tables 1-2 (conv weights + biases), e.g. All-CNN-C:
 # 3*96*9+96 + 2*(96*96*9+96) + 96*192*9+192 + 3*(192*192*9+192) + 192*192+192 + 192*10+10 = 1,369,738
@@ -77,3 +77,23 @@ def test_unknown_model_is_one_clear_line():
         create("all-cnn-d")
     with pytest.raises(AllconvError, match="num_classes"):
         create("model-a", num_classes=0)
+
+
+def test_fold_batchnorm_is_the_same_function_with_the_paper_parameter_count() -> None:
+    torch.manual_seed(0)
+    net = create("all-cnn-c", batchnorm=True)
+    net.train()
+    with torch.no_grad():  # give BN non-trivial statistics and affine parameters
+        for _ in range(3):
+            net(torch.randn(8, 3, 32, 32))
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    plain = fold_batchnorm(net)
+    assert num_parameters(plain) == 1_369_738 and not any(
+        isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(plain(x), net(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(plain.conv1(x), net.conv1(x), rtol=1e-4, atol=1e-5)

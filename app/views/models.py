@@ -53,7 +53,7 @@ def render(sel: Selection) -> None:
     metas = _metas(tuple(stamps))
     st.subheader("Table 3: CIFAR-10 test error without augmentation")
     df = table(metas)
-    st.dataframe(df, hide_index=True, height=ROW_PX * (len(df) + 1) + 3, placeholder="no checkpoint",
+    st.dataframe(df, hide_index=True, height=ROW_PX * (len(df) + 1) + 3, placeholder="not measured",
                  column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.columns[1:]})
     st.bar_chart(df.set_index("model"), stack=False, sort=False, y_label="test error %")
     if not any(h for _, _, h in metas):
