@@ -46,23 +46,14 @@ class _RuleRelu(torch.autograd.Function):
         return cls.rule(g, mask)
 
 
-class _RuleReluInplace(torch.autograd.Function):
+class _RuleReluInplace(_RuleRelu):
     """In-place relu (``relu_``) with the same rule: mutates and returns its input, as torch's own ``relu_`` does."""
-
-    @staticmethod
-    def rule(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
 
     @classmethod
     def forward(cls, ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(x > 0)  # a fresh bool tensor: the in-place update below does not touch it
         ctx.mark_dirty(x)
         return x.clamp_min_(0)
-
-    @classmethod
-    def backward(cls, ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (mask,) = ctx.saved_tensors
-        return cls.rule(g, mask)
 
 
 def _guided(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
