@@ -1,8 +1,9 @@
 """Checkpoints: one safetensors file holding the weights, the preprocessing tensors and the metadata (as JSON in
 the safetensors header), written atomically. Nothing is ever unpickled.
 
-A run directory holds ``model.safetensors`` (+ a readable ``meta.json`` copy), ``state.safetensors`` (optimizer and
-EMA state for ``--resume``), ``metrics.jsonl`` and ``curves.png``. Shipped nets are single files in ``checkpoints/``.
+A run directory holds ``model.safetensors`` (+ a readable ``meta.json`` copy) and the resume state it names (see
+``rundir``: the set is written so that a kill at any instant leaves a resumable run), ``metrics.jsonl`` and
+``curves.png``. Shipped nets are single files in ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from .preprocess import Preprocess
 
 FORMAT = "allconv/1"
 MODEL_FILE = "model.safetensors"
-STATE_FILE = "state.safetensors"
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_DIR = REPO / "checkpoints"
 
@@ -111,9 +111,11 @@ def model_file(path: str | Path) -> Path:
     return p / MODEL_FILE if p.is_dir() else p
 
 
-def save(path: str | Path, model: nn.Module, meta: Meta, dtype: torch.dtype | None = None) -> Path:
+def save(path: str | Path, model: nn.Module, meta: Meta, dtype: torch.dtype | None = None,
+         header: dict[str, str] | None = None) -> Path:
     """Write a checkpoint: a run directory (``model.safetensors`` + ``meta.json``) or a ``.safetensors`` file
-    (+ ``<stem>.json`` beside it). ``dtype`` (e.g. float16) shrinks shipped weights."""
+    (+ ``<stem>.json`` beside it). ``dtype`` (e.g. float16) shrinks shipped weights; ``header`` adds string fields
+    to the safetensors metadata (a run's pointer to its resume state)."""
     p = Path(path)
     target = p if p.suffix == ".safetensors" else p / MODEL_FILE
     module = getattr(model, "module", model)  # DDP
@@ -123,7 +125,7 @@ def save(path: str | Path, model: nn.Module, meta: Meta, dtype: torch.dtype | No
     if meta.preprocess is not None:
         tensors.update({f"preprocess.{k}": v for k, v in meta.preprocess.tensors().items()})
     doc = meta.to_json()
-    save_tensors(target, tensors, {"format": FORMAT, "meta": json.dumps(doc)})
+    save_tensors(target, tensors, {**(header or {}), "format": FORMAT, "meta": json.dumps(doc)})
     readable = target.with_suffix(".json") if p.suffix == ".safetensors" else p / "meta.json"
     write_bytes(readable, (json.dumps(doc, indent=1) + "\n").encode())
     return target
@@ -137,17 +139,40 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     if p.is_dir():
         raise AllconvError(f"{p} has no {MODEL_FILE}: not a run directory (train one with allconv-train)")
     with open(p, "rb") as f:
-        head = f.read(8)
+        head = f.read(512)
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise AllconvError(f"{p} is a pickle/torch.save file; allconv only loads safetensors and never unpickles: "
                            "re-save the weights with safetensors")
+    # safetensors: an 8-byte little-endian header length N, then N bytes of JSON ("{..."). Not shaped like that and
+    # recognizably something else -> say what; unrecognizable bytes fall through to "corrupt or truncated".
+    if head[8:9] != b"{" or int.from_bytes(head[:8], "little") > p.stat().st_size - 8:
+        magic = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"\x93NUMPY": "a NumPy .npy array",
+                 b"\x1f\x8b": "gzip data"}
+        kind = next((v for k, v in magic.items() if head.startswith(k)), None)
+        if kind is None and head and all(b >= 32 or b in b"\t\n\r" for b in head):
+            kind = "JSON" if head.lstrip()[:1] in (b"{", b"[") else "text"
+        if kind is not None:
+            alt = p.parent / MODEL_FILE if p.name == "meta.json" else p.with_suffix(".safetensors")
+            fix = (f"pass {alt} instead" if alt.is_file() and alt != p else "pass the .safetensors checkpoint (for a "
+                   ".json beside one, the .safetensors of the same name)")
+            raise AllconvError(f"{p} is not a safetensors file (it looks like {kind}); {fix}")
     try:
         with safe_open(str(p), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise AllconvError(f"{p} is corrupt or truncated ({str(e).splitlines()[0][:120]}); re-download or retrain it") from None
+        raise AllconvError(f"{p} is corrupt or truncated ({str(e).splitlines()[0][:120]}); re-download or retrain "
+                           "it") from None
     return tensors, header
+
+
+def read_header(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file, without reading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise AllconvError(f"{path} is corrupt or truncated ({str(e).splitlines()[0][:120]})") from None
 
 
 def load_meta(path: str | Path) -> tuple[Meta, dict[str, torch.Tensor]]:

@@ -1,5 +1,7 @@
 """Datasets as uint8 tensors: CIFAR-10/100 through torchvision, NumPy ``.npz`` arrays, and image-folder trees
-(``{train,test}/<class>/*.png|jpg``, as a directory or a .zip/.tar/.tar.gz/.tar.xz archive).
+(``{train,test}/<class>/*.png|jpg``, as a directory or a .zip/.tar/.tar.gz/.tar.xz archive). An ``.npz`` holds uint8
+``x_train``/``x_test`` and integer class indices ``y_train``/``y_test`` (0..C-1), optionally ``label_names``; an
+archive's declared member sizes are checked against the ``MAX_*`` limits before anything is read.
 
 Every source is decoded once and cached as uncompressed ``.npy`` files (under ``$ALLCONV_CACHE`` or
 ``~/.cache/allconv``), so the second run starts in well under a second.
@@ -8,11 +10,14 @@ Every source is decoded once and cached as uncompressed ``.npy`` files (under ``
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
 import tarfile
+import urllib.error
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz")
 NAMED = ("cifar10", "cifar100")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: labels are validated (an older cache may hold a stray label's 1000-class dataset)
+MAX_CLASSES = 1000
+MAX_IMAGE_BYTES = 64 << 20  # an archive's image member may declare at most this uncompressed (no image needs more)
+MAX_ARCHIVE_BYTES = 8 << 30  # all of an archive's members together
+MAX_RATIO = 100  # declared uncompressed bytes per archive byte, checked once the total passes MAX_IMAGE_BYTES
 
 
 @dataclass
@@ -133,11 +142,22 @@ def _from_torchvision(name: str, download: bool) -> Splits:
                            "an .npz file or image folder")
     try:
         tr, te = (cls(str(root), train=t, download=download) for t in (True, False))
-    except RuntimeError as e:
-        raise AllconvError(f"{name} in {root} is unreadable ({e}); delete the folder and pass --download") from None
+    except (OSError, http.client.HTTPException, RuntimeError, EOFError, tarfile.TarError) as e:
+        if download:  # urllib's URLError (no network, DNS, refused), timeouts, HTTP errors, a bad checksum
+            raise AllconvError(f"could not download {name} ({_reason(e)}); check the network, or pass --data with "
+                               "an offline .npz / image folder") from None
+        raise AllconvError(f"{name} in {root} is unreadable ({_reason(e)}); delete the folder and pass "
+                           "--download") from None
     x = lambda d: torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2)))  # noqa: E731
     y = lambda d: torch.as_tensor(d.targets, dtype=torch.int64)  # noqa: E731
     return Splits(x(tr), y(tr), x(te), y(te), list(tr.classes), name)
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as a short one-line reason (for URLError its own reason, without the "<urlopen error>")."""
+    why: object = e.reason if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError) else e
+    text = str(why).strip()
+    return text.splitlines()[0][:100] if text else type(e).__name__
 
 
 def _from_npz(path: Path) -> Splits:
@@ -147,16 +167,47 @@ def _from_npz(path: Path) -> Splits:
             names = [str(s) for s in z["label_names"]] if "label_names" in z.files else None
     except KeyError as e:
         raise AllconvError(f"{path}: missing array {e}; an .npz dataset needs x_train, y_train, x_test, y_test") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise AllconvError(f"{path}: not a readable .npz file ({str(e).splitlines()[0][:80]})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # EOFError: an empty file
+        raise AllconvError(f"{path}: not a readable .npz file ({_reason(e)}); re-create it with np.savez") from None
     xs = [_nchw(arrays[k], path) for k in ("x_train", "x_test")]
-    ys = [torch.from_numpy(arrays[k].astype(np.int64).reshape(-1)) for k in ("y_train", "y_test")]
+    ys = [_labels(arrays[f"y_{k}"], path, k) for k in ("train", "test")]
     for x, y, k in zip(xs, ys, ("train", "test")):
         if len(x) != len(y):
             raise AllconvError(f"{path}: x_{k} has {len(x)} images but y_{k} has {len(y)} labels")
-    n = int(max(ys[0].max(), ys[1].max())) + 1
-    classes = names if names and len(names) >= n else [str(i) for i in range(n)]
+        if not len(y):
+            raise AllconvError(f"{path}: x_{k} and y_{k} are empty; the {k} split needs at least one image")
+    n = _num_classes(ys[0], ys[1], names, path)
+    classes = names if names is not None else [str(i) for i in range(n)]
     return Splits(xs[0], ys[0], xs[1], ys[1], classes, path.stem)
+
+
+def _labels(a: np.ndarray, path: Path, split: str) -> torch.Tensor:
+    """A label array as int64; float, bool or string labels are refused rather than truncated."""
+    if not np.issubdtype(a.dtype, np.integer):
+        raise AllconvError(f"{path}: y_{split} holds {a.dtype} labels; store integer class indices 0..C-1 "
+                           "(e.g. y.astype(np.int64))")
+    y = torch.from_numpy(a.astype(np.int64).reshape(-1))
+    if len(y) and int(y.min()) < 0:
+        raise AllconvError(f"{path}: y_{split} has label {int(y.min())}; labels must be class indices 0..C-1")
+    return y
+
+
+def _num_classes(y_train: torch.Tensor, y_test: torch.Tensor, names: list[str] | None, path: Path) -> int:
+    """The class count C: ``len(label_names)``, else max label + 1, refusing labels that do not fit."""
+    top, split = max((int(y_train.max()), "train"), (int(y_test.max()), "test"))
+    if names is not None:
+        if top >= len(names):
+            raise AllconvError(f"{path}: y_{split} has label {top} but label_names lists only {len(names)} classes "
+                               f"(0..{len(names) - 1}); fix the label or add its name")
+        return len(names)
+    n, used = top + 1, len(torch.unique(torch.cat([y_train, y_test])))
+    if n > MAX_CLASSES:
+        raise AllconvError(f"{path}: y_{split} has label {top}, which would make {n} classes (at most "
+                           f"{MAX_CLASSES}); labels must be class indices 0..C-1")
+    if n > 2 * used:  # so most of 0..C-1 never occurs in either split: one stray value, not a real class
+        raise AllconvError(f"{path}: y_{split} has label {top}, which would make {n} classes but the labels hold only "
+                           f"{used} distinct values; fix that label, or store label_names listing every class")
+    return n
 
 
 def _nchw(a: np.ndarray, path: Path) -> torch.Tensor:
@@ -169,12 +220,11 @@ def _nchw(a: np.ndarray, path: Path) -> torch.Tensor:
 
 def _from_folder(path: Path) -> Splits:
     """An image-folder tree ``{train,test}/<class>/<images>`` from a directory or an archive."""
-    files = _list_files(path)
     splits: dict[str, dict[str, list[tuple[str, Callable[[], bytes]]]]] = {"train": {}, "test": {}}
-    for rel, read in files:
-        parts = Path(rel).parts
-        if len(parts) >= 3 and parts[-3] in splits and rel.lower().endswith(IMAGE_SUFFIXES):
-            splits[parts[-3]].setdefault(parts[-2], []).append((rel, read))
+    for rel, read in _list_files(path):
+        place = _place(rel)
+        if place is not None:
+            splits[place[0]].setdefault(place[1], []).append((rel, read))
     classes = sorted(set(splits["train"]) | set(splits["test"]))
     if not splits["train"] or not splits["test"]:
         raise AllconvError(f"{path}: no train/<class>/<image> and test/<class>/<image> files found; an image folder "
@@ -191,25 +241,76 @@ def _from_folder(path: Path) -> Splits:
     return Splits(out[0], out[1], out[2], out[3], classes, path.name.split(".")[0])
 
 
+def _place(rel: str) -> tuple[str, str] | None:
+    """``(split, class)`` of an image file at ``.../{train,test}/<class>/<image>``, else None (the file is ignored)."""
+    parts = Path(rel).parts
+    if len(parts) >= 3 and parts[-3] in ("train", "test") and rel.lower().endswith(IMAGE_SUFFIXES):
+        return parts[-3], parts[-2]
+    return None
+
+
 def _decode(rel: str, read: Callable[[], bytes]) -> torch.Tensor:
     try:
-        return load_image(read(), size=None)
+        blob = read()
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, tarfile.TarError) as e:
+        raise AllconvError(f"{rel}: unreadable ({_reason(e)}); the archive or file is damaged") from None
+    try:
+        return load_image(blob, size=None)
     except AllconvError as e:
         raise AllconvError(f"{rel}: {e}") from None
 
 
 def _list_files(path: Path) -> list[tuple[str, Callable[[], bytes]]]:
+    """Every file as ``(relative name, read)``. Archive members' declared sizes are checked before anything is read;
+    a tar's images are read in one pass (it has no cheap random access), zip members on demand."""
     if path.is_dir():
         return [(str(p.relative_to(path)), p.read_bytes) for p in sorted(path.rglob("*")) if p.is_file()]
+    check = _size_check(path)
     try:
         if path.name.endswith(".zip"):
             z = zipfile.ZipFile(path)
-            return [(n, lambda n=n: z.read(n)) for n in z.namelist() if not n.endswith("/")]
+            infos = [i for i in z.infolist() if not i.is_dir()]
+            for i in infos:
+                check(i.filename, i.file_size)
+            return [(i.filename, lambda n=i.filename: z.read(n)) for i in infos]
+        blobs: dict[str, bytes] = {}
         with tarfile.open(path, "r:*") as t:
-            blobs = {m.name: t.extractfile(m).read() for m in t if m.isfile()}  # type: ignore[union-attr]
+            for m in t:
+                if m.isfile():
+                    check(m.name, m.size)
+                    if _place(m.name) is not None:
+                        blobs[m.name] = t.extractfile(m).read()  # type: ignore[union-attr]
         return [(n, lambda b=b: b) for n, b in blobs.items()]
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
-        raise AllconvError(f"{path}: unreadable archive ({str(e).splitlines()[0][:80]})") from None
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise AllconvError(f"{path}: unreadable archive ({_reason(e)})") from None
+
+
+def _size_check(path: Path) -> Callable[[str, int], None]:
+    """A check to call with each archive member's name and declared uncompressed size before anything is read: it
+    refuses what no image dataset needs (zip bombs) by the limits above."""
+    on_disk, total = max(path.stat().st_size, 1), 0
+
+    def check(name: str, size: int) -> None:
+        nonlocal total
+        if size > MAX_IMAGE_BYTES and _place(name) is not None:
+            raise AllconvError(f"{path}: member {name} declares {_size(size)} uncompressed but no image needs more "
+                               f"than {_size(MAX_IMAGE_BYTES)}; the archive is damaged or a zip bomb")
+        total += size
+        if total > MAX_ARCHIVE_BYTES:
+            raise AllconvError(f"{path}: members declare over {_size(MAX_ARCHIVE_BYTES)} uncompressed; keep only "
+                               "the train/ and test/ images in it, or use a smaller dataset")
+        if total > MAX_IMAGE_BYTES and total > MAX_RATIO * on_disk:
+            raise AllconvError(f"{path}: members declare {_size(total)} uncompressed from {_size(on_disk)} on disk "
+                               f"(over {MAX_RATIO}x), which looks like a zip bomb; if it really holds such images, "
+                               "store them as PNG")
+    return check
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
 
 
 # --- cache -------------------------------------------------------------------------------------------------------

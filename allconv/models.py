@@ -85,11 +85,17 @@ def _build(name: str, num_classes: int, dropout: bool, batchnorm: bool) -> "Orde
     return layers
 
 
-def create(name: str, num_classes: int = 10, dropout: bool = True, batchnorm: bool = False) -> AllConvNet:
-    """Build one of the 12 nets by name (see ``names()``), He-initialized, biases zero."""
+def _key(name: str) -> str:
+    """A model name as ``names()`` spells it (``ALL_CNN_C`` -> ``all-cnn-c``); unknown names are one clear line."""
     key = name.lower().replace("_", "-")
     if key not in _NAMES:
         raise AllconvError(f"unknown model {name!r}; choose one of: {', '.join(_NAMES)}")
+    return key
+
+
+def create(name: str, num_classes: int = 10, dropout: bool = True, batchnorm: bool = False) -> AllConvNet:
+    """Build one of the 12 nets by name (see ``names()``), He-initialized, biases zero."""
+    key = _key(name)
     if num_classes < 1:
         raise AllconvError(f"num_classes must be >= 1, got {num_classes}")
     model = AllConvNet(_build(key, num_classes, dropout, batchnorm), key)
@@ -99,6 +105,28 @@ def create(name: str, num_classes: int = 10, dropout: bool = True, batchnorm: bo
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     return model
+
+
+def min_input_size(name: str) -> int:
+    """The smallest square input side (pixels) for which net ``name`` still gives a >= 1x1 map to global averaging:
+    walk its convs and pools backwards, each needing ``stride * (out - 1) + kernel - 2 * padding`` input pixels."""
+    with torch.device("meta"):  # no weights are allocated
+        layers = _build(_key(name), 1, dropout=False, batchnorm=False)
+    side = 1
+    for module in reversed(list(layers.values())):
+        op = module.conv if isinstance(module, ConvBlock) else module
+        if isinstance(op, (nn.Conv2d, nn.MaxPool2d)):
+            k, s, p = (v[0] if isinstance(v, tuple) else v for v in (op.kernel_size, op.stride, op.padding))
+            side = max(1, s * (side - 1) + k - 2 * p)
+    return side
+
+
+def check_input_size(name: str, h: int, w: int) -> None:
+    """Refuse ``h x w`` images that net ``name`` shrinks to nothing, in one line naming the smallest size it takes."""
+    need = min_input_size(name)
+    if min(h, w) < need:
+        raise AllconvError(f"images are {h}x{w} but {_key(name)} needs at least {need}x{need}; resize them or use a "
+                           "different dataset")
 
 
 def layer_names(model: nn.Module) -> list[str]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import os
+import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,126 +26,39 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import data as datamod
+from . import rundir
 from .augment import flip_translate
+from .config import PROTOCOLS, TrainConfig, lr_at
+from .device import Dist, native_bf16, pick_device, resolve_amp, setup_distributed
 from .errors import AllconvError
 from .evaluate import accuracy
-from .models import create, names, num_parameters
-from .paper import PAPER_EPOCHS, PAPER_LRS, PAPER_MILESTONES
+from .models import check_input_size, create, names, num_parameters
 from .plots import training_curves
 from .preprocess import Preprocess
 
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    # The paper (section 3.2): SGD, momentum 0.9, weight decay 0.001, dropout, LR x0.1 at 200/250/300 of 350 epochs.
-    "paper": dict(epochs=PAPER_EPOCHS, batch_size=128, lr=0.05, momentum=0.9, nesterov=False, weight_decay=1e-3,
-                  label_smoothing=0.0, augment="none", ema=0.0, tta=False, dropout=True, batchnorm=False,
-                  schedule="step", warmup=0.0),
-    # Best accuracy per second for these exact nets: one-cycle LR, big batches, flips+translations, smoothing, TTA.
-    # BatchNorm is on: without it (and without dropout) the ReLU on the class conv dies within a few dozen steps at
-    # any fast learning rate (all ten class maps go negative, the loss sticks at ln 10).
-    "fast": dict(epochs=40, batch_size=512, lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                 label_smoothing=0.2, augment="flip-translate", ema=0.0, tta=True, dropout=False, batchnorm=True,
-                 schedule="onecycle", warmup=0.15),
-}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; ``None`` fields take the protocol's default."""
-
-    model: str = "all-cnn-c"
-    protocol: str = "fast"
-    data: str | None = None
-    download: bool = False
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    nesterov: bool | None = None
-    weight_decay: float | None = None
-    label_smoothing: float | None = None
-    augment: str | None = None
-    translate: int = 2
-    ema: float | None = None
-    tta: bool | None = None
-    dropout: bool | None = None
-    batchnorm: bool | None = None
-    schedule: str | None = None
-    warmup: float | None = None
-    preprocess: str = "standardize"
-    val_size: int = 5000
-    train_limit: int | None = None
-    test_limit: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    compile: str = "auto"
-    amp: str = "auto"
-    test_every: int = 0
-    out: str | None = None
-    quiet: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def resolved(self) -> "TrainConfig":
-        """A copy with every protocol default filled in."""
-        if self.protocol not in PROTOCOLS:
-            raise AllconvError(f"unknown protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-        if self.model not in names():
-            raise AllconvError(f"unknown model {self.model!r}; choose one of: {', '.join(names())}")
-        filled = {k: v for k, v in PROTOCOLS[self.protocol].items() if getattr(self, k) is None}
-        cfg = dataclasses.replace(self, **filled)
-        if cfg.augment not in ("none", "flip-translate"):
-            raise AllconvError(f"unknown augmentation {cfg.augment!r}; choose none or flip-translate")
-        if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0:
-            raise AllconvError("epochs, batch size and learning rate must be positive")
-        return cfg
+__all__ = ["Data", "Diverged", "Interrupted", "PROTOCOLS", "Run", "TrainConfig", "lr_at", "main", "resume", "train"]
 
 
 class Diverged(Exception):
     """The loss became NaN or infinite."""
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the run is, exactly like Ctrl-C's KeyboardInterrupt."""
 
 
-def setup_distributed(device: torch.device) -> Dist:
-    """Join the torchrun process group if there is one (nccl on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise AllconvError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
-        if "LOCAL_RANK" in os.environ and name == "cuda":
-            name = f"cuda:{os.environ['LOCAL_RANK']}"
-    elif name != "cpu":
-        raise AllconvError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
+class Interrupted(AllconvError):
+    """SIGINT or SIGTERM: every instant is resumable, so say where the run stands and how to continue."""
 
-
-def lr_at(cfg: TrainConfig, t: float) -> float:
-    """Learning rate at fractional epoch ``t``: the paper's step schedule (milestones scaled to the run's length)
-    or a one-cycle (linear warm-up, linear decay to zero)."""
-    if cfg.schedule == "step":
-        drops = sum(t >= m * cfg.epochs / PAPER_EPOCHS for m in PAPER_MILESTONES)
-        return cfg.lr * 0.1 ** drops
-    frac = t / cfg.epochs
-    if frac < cfg.warmup:
-        return cfg.lr * frac / cfg.warmup
-    return cfg.lr * max(0.0, (1 - frac) / (1 - cfg.warmup))
+    def __init__(self, out: Path, epochs: int, sig: str = "SIGINT") -> None:
+        self.signal = sig
+        done = rundir.committed_epoch(out) or 0
+        super().__init__(f"interrupted by {sig}: {done} of {epochs} epochs are saved in {out}; continue with "
+                         f"allconv-train --resume {out}")
 
 
 @dataclass
@@ -164,6 +76,7 @@ class Data:
 def prepare_data(cfg: TrainConfig, device: torch.device) -> tuple[Data, Preprocess]:
     """Load, split off the seeded validation set, fit preprocessing on the training split, move all to the device."""
     s = datamod.load(cfg.data, download=cfg.download)
+    check_input_size(cfg.model, *s.x_train.shape[-2:])
     x_tr, y_tr, x_val, y_val = datamod.split_validation(s.x_train, s.y_train, cfg.val_size, cfg.seed)
     if cfg.train_limit:
         x_tr, y_tr = x_tr[:cfg.train_limit], y_tr[:cfg.train_limit]
@@ -194,7 +107,10 @@ class Run:
     def __init__(self, cfg: TrainConfig, out: Path, resume: bool = False) -> None:
         self.cfg, self.out = cfg, out
         self.device = pick_device(cfg.device)
+        self.amp = resolve_amp(cfg.amp, self.device)
         self.dd = setup_distributed(self.device)
+        if self.dd.main and not resume:
+            rundir.start(out, dataclasses.asdict(cfg))
         self.data, self.pre = prepare_data(cfg, self.device)
         torch.manual_seed(cfg.seed)
         self.net = create(cfg.model, len(self.data.classes), cfg.dropout, cfg.batchnorm).to(self.device)
@@ -210,7 +126,6 @@ class Run:
         if resume:
             self._restore()
         self.step_model = self._wrap(self.net)
-        self.amp = self.device.type == "cuda" if cfg.amp == "auto" else cfg.amp == "on"
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         model: nn.Module = net
@@ -285,35 +200,49 @@ class Run:
         return self.ema if self.ema is not None else self.net
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
+        """Accuracy in fp32 whatever the training precision, so a reported figure never depends on ``--amp``."""
         if len(y) == 0:
             return None
-        return accuracy(self.eval_net, x, y, self.pre, tta=self.cfg.tta, amp=self.amp)
+        return accuracy(self.eval_net, x, y, self.pre, tta=self.cfg.tta)
+
+    @property
+    def precision(self) -> str:
+        return "bf16 autocast" if self.amp else "fp32"
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Train to ``cfg.epochs`` (or ``stop_after`` more epochs), checkpointing after every epoch."""
+        """Train to ``cfg.epochs`` (or ``stop_after`` more epochs), committing a resumable checkpoint every epoch."""
         cfg = self.cfg
-        if self.dd.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self._log(f"{cfg.model}: {num_parameters(self.net):,} parameters, {len(self.data.y_train):,} train / "
-                      f"{len(self.data.y_val):,} val / {len(self.data.y_test):,} test images on {self.device}"
-                      f"{f' x{self.dd.world}' if self.dd.world > 1 else ''}, protocol {cfg.protocol}, lr {cfg.lr}")
+        native = "native" if native_bf16(self.device) else "no native bf16"
+        self._log(f"{cfg.model}: {num_parameters(self.net):,} parameters, {len(self.data.y_train):,} train / "
+                  f"{len(self.data.y_val):,} val / {len(self.data.y_test):,} test images on {self.device}"
+                  f"{f' x{self.dd.world}' if self.dd.world > 1 else ''} ({self.precision}; {native}), protocol "
+                  f"{cfg.protocol}, lr {cfg.lr}")
         done = 0
-        while self.epoch < cfg.epochs and (stop_after is None or done < stop_after):
-            t0 = time.perf_counter()
-            bar = tqdm(total=max(len(self.data.y_train) // min(cfg.batch_size, len(self.data.y_train)), 1),
-                       desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", leave=True, file=sys.stderr,
-                       disable=cfg.quiet or not self.dd.main, dynamic_ncols=True)
-            try:
-                loss, acc, seen = self.train_epoch(bar)
-            except Diverged as e:
-                bar.close()
-                return self._diverged(str(e))
-            bar.close()
-            self.wall += time.perf_counter() - t0
-            self.epoch += 1
-            done += 1
-            self._end_epoch(loss, acc, seen, time.perf_counter() - t0)
+        try:
+            while self.epoch < cfg.epochs and (stop_after is None or done < stop_after):
+                if (result := self._one_epoch()) is not None:
+                    return result
+                done += 1
+        except KeyboardInterrupt as e:
+            raise Interrupted(self.out, cfg.epochs, "SIGTERM" if isinstance(e, Terminated) else "SIGINT") from None
         return self._finish()
+
+    def _one_epoch(self) -> dict[str, Any] | None:
+        """Train one epoch and commit it; a divergence ends the run (its result is returned)."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        bar = tqdm(total=max(len(self.data.y_train) // min(cfg.batch_size, len(self.data.y_train)), 1),
+                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", leave=True, file=sys.stderr,
+                   disable=cfg.quiet or not self.dd.main, dynamic_ncols=True)
+        try:
+            loss, acc, seen = self.train_epoch(bar)
+        except Diverged as e:
+            return self._diverged(str(e))
+        finally:
+            bar.close()
+        self.wall += time.perf_counter() - t0
+        self.epoch += 1
+        self._end_epoch(loss, acc, seen, time.perf_counter() - t0)
+        return None
 
     def _end_epoch(self, loss: float, acc: float, seen: int, secs: float) -> None:
         cfg = self.cfg
@@ -327,9 +256,6 @@ class Run:
         self.history.append(rec)
         if self.dd.main:
             self._save()
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            training_curves(self.history, self.out / "curves.png", f"{cfg.model} ({cfg.protocol})")
             val = f"{100 * rec['val_acc']:.2f}%" if rec["val_acc"] is not None else "-"
             tst = f"  test acc {100 * test:.2f}%" if test is not None else ""
             self._log(f"epoch {self.epoch}/{cfg.epochs}: loss {loss:.4f}  train acc {100 * acc:.2f}%  val acc {val}"
@@ -340,7 +266,7 @@ class Run:
         metrics = {"status": status, "val_acc": h.get("val_acc"), "test_acc": h.get("test_acc"),
                    "train_loss": h.get("train_loss"), "wall_s": round(self.wall, 1),
                    "img_per_s": round(sum(x["img_per_s"] for x in self.history) / max(len(self.history), 1), 1),
-                   "params": num_parameters(self.net)}
+                   "params": num_parameters(self.net), "precision": self.precision}
         if metrics["test_acc"] is not None:
             metrics["test_err"] = round(1 - metrics["test_acc"], 5)
         dev = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
@@ -351,38 +277,36 @@ class Run:
                          commit=ckpt.git_commit(), config=dataclasses.asdict(self.cfg))
 
     def _save(self) -> None:
-        status = "done" if self.epoch == self.cfg.epochs else "running"
-        ckpt.save(self.out, self.eval_net, self.meta(status))
+        """Commit this epoch (see ``rundir``), then redraw the curves (derived, so not part of the commit)."""
         state = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         for i, p in enumerate(self.net.parameters()):
             buf = self.opt.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 state[f"momentum.{i}"] = buf
-        ckpt.save_tensors(self.out / ckpt.STATE_FILE, state, {"format": ckpt.FORMAT, "epoch": str(self.epoch)})
+        meta = self.meta("done" if self.epoch == self.cfg.epochs else "running")
+        rundir.commit(self.out, self.eval_net, meta, state)
+        rundir.guarded(self.out, lambda: training_curves(self.history, self.out / "curves.png",
+                                                         f"{self.cfg.model} ({self.cfg.protocol})"))
 
     def _restore(self) -> None:
         meta, _ = ckpt.load_meta(self.out)
-        state, header = ckpt.read_tensors(self.out / ckpt.STATE_FILE)
-        if int(header.get("epoch", -1)) != meta.epoch:
-            raise AllconvError(f"{self.out}: state and model files disagree on the epoch; the run is damaged")
+        state = rundir.read_state(self.out, meta.epoch)
         self.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
         for i, p in enumerate(self.net.parameters()):
             if f"momentum.{i}" in state:
                 self.opt.state[p]["momentum_buffer"] = state[f"momentum.{i}"].to(self.device)
         if self.ema is not None:
-            ema_state = ckpt.load(self.out)[0].state_dict()
-            self.ema.load_state_dict(ema_state)
+            self.ema.load_state_dict(ckpt.load(self.out)[0].state_dict())
         self.epoch, self.history = meta.epoch, meta.history
         self.wall = meta.metrics.get("wall_s") or 0.0
-        if self.dd.main:  # drop metric lines written after the last checkpoint
-            lines = "".join(json.dumps(h) + "\n" for h in self.history)
-            ckpt.write_bytes(self.out / "metrics.jsonl", lines.encode())
+        if self.dd.main:  # derived files may lag the model file after a kill: rewrite them from it
+            rundir.restored(self.out, meta)
 
     def _diverged(self, why: str) -> dict[str, Any]:
         msg = f"diverged: {self.cfg.model} with lr {self.cfg.lr} in epoch {self.epoch + 1} ({why}); run stopped"
         if self.dd.main:  # reported even with --quiet: a sweep's log must say why a learning rate has no result
             tqdm.write(msg, file=sys.stderr)
-            ckpt.write_bytes(self.out / "diverged.txt", (msg + "\n").encode())
+            rundir.guarded(self.out, lambda: rundir.mark_diverged(self.out, msg))
         return {"status": "diverged", "lr": self.cfg.lr, "message": msg, "out": str(self.out)}
 
     def _finish(self) -> dict[str, Any]:
@@ -406,46 +330,31 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     """Run one configuration; returns its final metrics (``status``: done, stopped or diverged)."""
     cfg = cfg.resolved()
     out = Path(cfg.out) if cfg.out else default_out(cfg)
-    if (out / ckpt.MODEL_FILE).exists():
-        raise AllconvError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+    rundir.refuse_existing(out)
     return Run(dataclasses.replace(cfg, out=str(out)), out).fit(stop_after)
 
 
 def resume(run_dir: str | Path, stop_after: int | None = None, quiet: bool | None = None) -> dict[str, Any]:
-    """Continue an interrupted run exactly where it stopped (same config, schedule, RNG, epoch)."""
+    """Continue an interrupted run exactly where it stopped (same config, schedule, RNG, epoch). A run killed
+    before its first epoch finished starts that epoch again."""
     out = Path(run_dir)
-    meta, _ = ckpt.load_meta(out)
-    if not (out / ckpt.STATE_FILE).exists():
-        raise AllconvError(f"{out} has no {ckpt.STATE_FILE}: it cannot be resumed (was it a shipped checkpoint?)")
+    if (why := rundir.diverged(out)) is not None:
+        raise AllconvError(f"{out} diverged ({why.split('(')[-1].rstrip(')')}); start a new run with a lower --lr")
+    if (out / ckpt.MODEL_FILE).exists():
+        meta, _ = ckpt.load_meta(out)
+        config, started = meta.config, True
+    elif (out / rundir.RUN_FILE).is_file():
+        config, started = rundir.read_config(out), False
+    else:
+        raise AllconvError(f"no allconv run in {out} (no {ckpt.MODEL_FILE} or {rundir.RUN_FILE}); pass the --out "
+                           "directory of an allconv-train run")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in meta.config.items() if k in known})
-    if quiet is not None:
-        cfg = dataclasses.replace(cfg, quiet=quiet)
-    if meta.epoch >= cfg.epochs:
+    cfg = TrainConfig(**{k: v for k, v in config.items() if k in known})
+    cfg = dataclasses.replace(cfg, out=str(out), quiet=cfg.quiet if quiet is None else quiet).resolved()
+    if started and meta.epoch >= cfg.epochs:
+        rundir.restored(out, meta)  # a kill in the last save may have left derived files behind: repair them
         raise AllconvError(f"{out} already finished all {cfg.epochs} epochs; nothing to resume")
-    return Run(cfg, out, resume=True).fit(stop_after)
-
-
-def sweep(cfg: TrainConfig, lrs: Sequence[float] = PAPER_LRS) -> dict[str, Any]:
-    """Train once per learning rate; keep the best by validation accuracy (never by test accuracy)."""
-    cfg = cfg.resolved()
-    root = Path(cfg.out) if cfg.out else default_out(cfg)
-    results = []
-    for lr in lrs:
-        r = train(dataclasses.replace(cfg, lr=lr, out=str(root / f"lr-{lr:g}")))
-        results.append(r)
-    ok = [r for r in results if r.get("status") == "done" and r.get("val_acc") is not None]
-    if not ok:
-        raise AllconvError("every learning rate diverged or had no validation set; lower --lr or raise --val-size")
-    best = max(ok, key=lambda r: r["val_acc"])
-    summary = {"best_lr": best["lr"], "best_run": best["out"], "runs": results}
-    ckpt.write_bytes(root / "sweep.json", (json.dumps(summary, indent=1) + "\n").encode())
-    for name in (ckpt.MODEL_FILE, "meta.json", "curves.png", "metrics.jsonl"):
-        src = Path(best["out"]) / name
-        ckpt.write_bytes(root / name, src.read_bytes())
-    tqdm.write(f"sweep: best lr {best['lr']} (val acc {100 * best['val_acc']:.2f}%, test acc "
-               f"{100 * best['test_acc']:.2f}%); copied to {root}", file=sys.stderr)
-    return summary
+    return Run(cfg, out, resume=started).fit(stop_after)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -459,6 +368,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--lr-sweep", action="store_true", help="train with each of the paper's LRs, keep the best by val")
+    ap.add_argument("--momentum", type=float)
+    ap.add_argument("--warmup", type=float, help="one-cycle warm-up, as a fraction of the run")
     ap.add_argument("--weight-decay", type=float)
     ap.add_argument("--label-smoothing", type=float)
     ap.add_argument("--augment", choices=["none", "flip-translate"])
@@ -475,7 +386,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    ap.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast (auto: on GPU)")
+    ap.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
+                    help="bf16 autocast (auto: on where bf16 is native: a GPU, or a CPU with AVX512-BF16 or AMX)")
     ap.add_argument("--threads", type=int, help="CPU threads for torch")
     ap.add_argument("--out", help="run directory (default: runs/<model>-<protocol>-<time>)")
     ap.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
@@ -485,12 +397,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``allconv-train``: exit 0 done, 1 diverged, 2 bad input or disk, 130/143 interrupted (resumable)."""
+    from .sweep import resume_sweep, sweep
+
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if args.threads is not None and args.threads < 1 or args.stop_after is not None and args.stop_after < 1:
+            raise AllconvError("--threads and --stop-after must be at least 1")
+        if args.threads:
+            torch.set_num_threads(args.threads)
         if args.resume:
-            r = resume(args.resume, args.stop_after, args.quiet or None)
+            again = resume_sweep if (Path(args.resume) / "sweep.json").is_file() else resume
+            r = again(args.resume, args.stop_after, args.quiet or None)
             return 1 if r.get("status") == "diverged" else 0
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                              if hasattr(args, f.name)})
@@ -499,10 +418,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         r = train(cfg, args.stop_after)
         return 1 if r.get("status") == "diverged" else 0
+    except Interrupted as e:
+        print(f"{e}", file=sys.stderr)
+        return 143 if e.signal == "SIGTERM" else 130
+    except KeyboardInterrupt:
+        print("interrupted before the first epoch began; nothing to resume: run the command again", file=sys.stderr)
+        return 130
     except AllconvError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if dist.is_initialized():
             dist.destroy_process_group()
 

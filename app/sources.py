@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from allconv import checkpoint
+from allconv import checkpoint, rundir
 from allconv.data import Splits, load_image
 from allconv.errors import AllconvError
 
@@ -38,7 +38,7 @@ def label(path: Path) -> str:
 def _in_dir(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    files = sorted(p for p in folder.glob("*.safetensors") if p.name != checkpoint.STATE_FILE)
+    files = sorted(p for p in folder.glob("*.safetensors") if not rundir.is_state_file(p.name))
     return [p.parent if p.name == checkpoint.MODEL_FILE else p for p in files] + checkpoint.local_runs(folder)
 
 

@@ -153,3 +153,39 @@ def test_export_folds_batchnorm_into_a_small_file(saved: tuple[Path, torch.nn.Mo
     assert not meta.batchnorm and meta.config.get("folded_batchnorm") and meta.metrics["params"] == 839_242
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model(x), net(x), rtol=2e-2, atol=2e-3)  # fp16 weights
+
+
+def test_meta_json_beside_a_run_is_not_a_safetensors_file(saved: tuple[Path, torch.nn.Module]) -> None:
+    run = saved[0].parent
+    with pytest.raises(AllconvError, match=r"meta.json is not a safetensors file \(it looks like JSON\); pass "
+                       rf"{run / 'model.safetensors'} instead$") as e:
+        ckpt.load(run / "meta.json")
+    assert "\n" not in str(e.value)
+
+
+def test_json_beside_a_single_file_checkpoint_names_the_safetensors(tmp_path: Path) -> None:
+    path = ckpt.save(tmp_path / "net.safetensors", create("strided-cnn-a", dropout=False), _meta())
+    with pytest.raises(AllconvError, match=rf"net.json is not a safetensors file \(it looks like JSON\); pass {path} "
+                       "instead"):
+        ckpt.load(tmp_path / "net.json")
+
+
+@pytest.mark.parametrize("name, blob, kind", [
+    ("config.json", b'  {"lr": 0.1}\n', "JSON"),
+    ("notes.txt", "weights are elsewhere — ask\n".encode(), "text"),
+    ("net.safetensors", b"\x89PNG\r\n\x1a\n" + bytes(64), "a PNG image"),
+])
+def test_other_files_are_not_safetensors(tmp_path: Path, name: str, blob: bytes, kind: str) -> None:
+    (tmp_path / name).write_bytes(blob)
+    with pytest.raises(AllconvError, match=rf"{name} is not a safetensors file \(it looks like {kind}\); pass the "
+                       r"\.safetensors checkpoint \(for a \.json beside one, the \.safetensors of the same name\)$"):
+        ckpt.load(tmp_path / name)
+
+
+@pytest.mark.parametrize("keep", [0, 5, 40])
+def test_truncated_inside_the_header_is_still_corrupt(tmp_path: Path, saved: tuple[Path, torch.nn.Module],
+                                                      keep: int) -> None:
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(saved[0].read_bytes()[:keep])
+    with pytest.raises(AllconvError, match="cut.safetensors is corrupt or truncated"):
+        ckpt.load(bad)

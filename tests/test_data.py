@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import tarfile
 import time
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -129,6 +131,8 @@ def _write(path: Path, blob: bytes) -> Path:
     (lambda p: p / "nope.npz", "not found"),
     (lambda p: _write(p / "x.txt", b"hi"), "not a dataset"),
     (lambda p: _write(p / "bad.npz", b"garbage"), "not a readable .npz"),
+    (lambda p: _write(p / "empty.npz", b""), "not a readable .npz"),
+    (lambda p: _write(p / "cut.npz", _npz(p / "whole.npz").read_bytes()[:300]), "not a readable .npz"),
     (lambda p: np.savez(p / "k.npz", x_train=np.zeros((1, 2, 2, 3), np.uint8)) or p / "k.npz", "missing array"),
     (lambda p: _write(p / "bad.zip", b"PK\x03\x04junk"), "unreadable archive"),
     (lambda p: (p / "empty").mkdir() or p / "empty", "no train/<class>/<image>"),
@@ -155,3 +159,130 @@ def test_named_dataset_without_download_is_offline_error(tmp_path: Path, monkeyp
     monkeypatch.setenv("ALLCONV_DATA_ROOT", str(tmp_path / "tv"))
     with pytest.raises(AllconvError, match="--download"):
         data.load("cifar100", cache_dir=tmp_path / "c")
+
+
+def test_named_dataset_download_without_network_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*a, **k):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setenv("ALLCONV_DATA_ROOT", str(tmp_path / "tv"))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)  # what torchvision's download calls
+    with pytest.raises(AllconvError, match=r"^could not download cifar10 \(.*name resolution\); check the network, "
+                       r"or pass --data with an offline .npz / image folder$") as e:
+        data.load("cifar10", cache_dir=tmp_path / "c", download=True)
+    assert "\n" not in str(e.value)
+
+
+# --- labels ------------------------------------------------------------------------------------------------------
+
+def _labelled(path: Path, y_train, y_test=(0, 1), **extra) -> Path:
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    np.savez(path, x_train=np.zeros((len(y_train), 4, 4, 3), np.uint8), y_train=y_train,
+             x_test=np.zeros((len(y_test), 4, 4, 3), np.uint8), y_test=y_test, **extra)
+    return path
+
+
+@pytest.mark.parametrize("y_train, y_test, extra, match", [
+    ([0.0, 1.0, 2.0], [0, 1], {}, r"y_train holds float64 labels; store integer class indices"),
+    ([True, False], [0, 1], {}, r"y_train holds bool labels"),
+    ([0, 1, -1], [0, 1], {}, r"y_train has label -1; labels must be class indices 0..C-1"),
+    ([0, 1, 2, 0], [0, 999], {}, r"y_test has label 999, which would make 1000 classes but the labels hold only 4 distinct values"),
+    ([0, 1, 2, 9], [0, 1], {}, r"y_train has label 9, which would make 10 classes but the labels hold only 4 distinct values"),
+    (list(range(1001)), [0, 1], {}, r"y_train has label 1000, which would make 1001 classes \(at most 1000\)"),
+    ([0, 1, 3], [0, 1], {"label_names": np.array(["a", "b", "c"])},
+     r"y_train has label 3 but label_names lists only 3 classes \(0..2\)"),
+    (np.zeros(0, np.int64), [0, 1], {}, r"x_train and y_train are empty"),
+])
+def test_bad_labels_are_refused(tmp_path: Path, y_train, y_test, extra, match: str) -> None:
+    with pytest.raises(AllconvError, match=match) as e:
+        data.load(_labelled(tmp_path / "l.npz", y_train, y_test, **extra), cache_dir=tmp_path / "c")
+    assert "\n" not in str(e.value) and "l.npz" in str(e.value)
+
+
+def test_labels_with_a_gap_or_spare_names_are_fine(tmp_path: Path) -> None:
+    gap = data.load(_labelled(tmp_path / "gap.npz", np.array([0, 1, 3], np.uint8), [2, 3]), cache_dir=tmp_path / "c")
+    assert gap.classes == ["0", "1", "2", "3"] and gap.y_train.dtype == torch.int64
+    named = data.load(_labelled(tmp_path / "n.npz", [0, 1], [1, 0], label_names=np.array(["a", "b", "c"])),
+                      cache_dir=tmp_path / "c")
+    assert named.classes == ["a", "b", "c"]
+
+
+# --- archive limits ------------------------------------------------------------------------------------------------
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, blob in members.items():
+            z.writestr(name, blob)
+    return path
+
+
+def test_zip_member_declaring_gigabytes_is_refused_before_reading(tmp_path: Path) -> None:
+    blob = _zip(tmp_path / "a.zip", {"train/cat/0.bmp": b"x" * 100, "test/cat/0.bmp": b"y" * 100}).read_bytes()
+    huge = (3 << 30).to_bytes(4, "little")
+    local, central = blob.index(b"PK\x03\x04"), blob.index(b"PK\x01\x02")  # patch the first member's sizes
+    blob = blob[:local + 22] + huge + blob[local + 26:central + 24] + huge + blob[central + 28:]
+    with pytest.raises(AllconvError, match=r"member train/cat/0.bmp declares 3.0 GiB uncompressed but no image "
+                       r"needs more than 64.0 MiB; the archive is damaged or a zip bomb"):
+        data.load(_write(tmp_path / "bomb.zip", blob), cache_dir=tmp_path / "c")
+
+
+def test_zip_member_over_the_image_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "MAX_IMAGE_BYTES", 1 << 20)
+    path = _zip(tmp_path / "z.zip", {"train/cat/big.bmp": bytes(2 << 20), "test/cat/0.png": b"x"})
+    with pytest.raises(AllconvError, match=r"member train/cat/big.bmp declares 2.0 MiB"):
+        data.load(path, cache_dir=tmp_path / "c")
+
+
+def test_zip_with_absurd_compression_ratio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "MAX_IMAGE_BYTES", 1 << 20)
+    path = _zip(tmp_path / "z.zip", {f"train/cat/{i}.bmp": bytes(900 << 10) for i in range(3)})
+    with pytest.raises(AllconvError, match=r"members declare 1.8 MiB uncompressed from [\d.]+ KiB on disk "
+                       r"\(over 100x\), which looks like a zip bomb"):
+        data.load(path, cache_dir=tmp_path / "c")
+
+
+def test_archive_over_the_total_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "MAX_ARCHIVE_BYTES", 1 << 20)
+    rng = np.random.default_rng(0)
+    path = _zip(tmp_path / "z.zip", {f"train/cat/{i}.bmp": rng.bytes(600 << 10) for i in range(2)})
+    with pytest.raises(AllconvError, match=r"members declare over 1.0 MiB uncompressed; keep only the train/ and "
+                       r"test/ images"):
+        data.load(path, cache_dir=tmp_path / "c")
+
+
+def test_tar_gz_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "MAX_IMAGE_BYTES", 1 << 20)
+    with tarfile.open(tmp_path / "b.tar.gz", "w:gz") as t:
+        for i in range(3):
+            info = tarfile.TarInfo(f"train/cat/{i}.bmp")
+            info.size = 900 << 10
+            t.addfile(info, io.BytesIO(bytes(info.size)))
+    with pytest.raises(AllconvError, match=r"b.tar.gz: members declare 1.8 MiB uncompressed .* zip bomb"):
+        data.load(tmp_path / "b.tar.gz", cache_dir=tmp_path / "c")
+
+
+def test_tar_reads_only_the_images_it_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _folder(tmp_path / "toy")
+    (tmp_path / "toy" / "notes.bin").write_bytes(bytes(2 << 20))  # over the (lowered) image limit, but not an image
+    with tarfile.open(tmp_path / "toy.tar", "w") as t:
+        t.add(tmp_path / "toy", arcname="toy")
+    monkeypatch.setattr(data, "MAX_IMAGE_BYTES", 1 << 20)
+    read: list[str] = []
+    extract = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: read.append(m.name) or extract(self, m))
+    s = data.load(tmp_path / "toy.tar", cache_dir=tmp_path / "c")
+    assert s.x_train.shape == (6, 3, 6, 6) and len(read) == 10 and all(n.endswith(".png") for n in read)
+
+
+def test_damaged_zip_member_names_the_member(tmp_path: Path) -> None:
+    files = _folder(tmp_path / "toy")
+    with zipfile.ZipFile(tmp_path / "toy.zip", "w") as z:  # stored: the member's bytes lie in the file as they are
+        for rel, blob in files.items():
+            z.writestr(rel, blob)
+    raw = bytearray((tmp_path / "toy.zip").read_bytes())
+    at = raw.index(files["train/dog/0001.png"]) + 40
+    raw[at] ^= 0xFF
+    (tmp_path / "toy.zip").write_bytes(raw)
+    with pytest.raises(AllconvError, match=r"^train/dog/0001.png: unreadable \(Bad CRC-32.*\); the archive or file "
+                       r"is damaged$"):
+        data.load(tmp_path / "toy.zip", cache_dir=tmp_path / "c")

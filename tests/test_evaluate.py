@@ -52,4 +52,4 @@ def test_eval_bad_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureF
     (tmp_path / "x.safetensors").write_bytes(b"junk")
     assert evaluate.main([str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "corrupt or truncated" in err and "\n" not in err
+    assert err.startswith("error: ") and "not a safetensors file (it looks like text)" in err and "\n" not in err

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from allconv import AllconvError
-from allconv.models import create, fold_batchnorm, layer_names, names, num_parameters
+from allconv.models import check_input_size, create, fold_batchnorm, layer_names, min_input_size, names, num_parameters
 
 # Counted by hand from the paper's Tables 1-2 (conv weights + biases), e.g. All-CNN-C:
 # 3*96*9+96 + 2*(96*96*9+96) + 96*192*9+192 + 3*(192*192*9+192) + 192*192+192 + 192*10+10 = 1,369,738
@@ -97,3 +97,25 @@ def test_fold_batchnorm_is_the_same_function_with_the_paper_parameter_count() ->
     x = torch.randn(4, 3, 32, 32)
     torch.testing.assert_close(plain(x), net(x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(plain.conv1(x), net.conv1(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_min_input_size_is_the_smallest_that_runs(name):
+    side = min_input_size(name)
+    m = create(name, dropout=False).eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, side, side)).shape == (1, 10)
+        with pytest.raises(RuntimeError):
+            m(torch.randn(1, 3, side - 1, side - 1))
+
+
+def test_check_input_size_accepts_cifar_and_refuses_tiny_images_in_one_line():
+    check_input_size("all-cnn-c", 32, 32)
+    check_input_size("ALL_CNN_C", 9, 12)
+    with pytest.raises(AllconvError, match=r"^images are 4x4 but all-cnn-c needs at least 9x9; resize them or use a "
+                       r"different dataset$"):
+        check_input_size("all-cnn-c", 4, 4)
+    with pytest.raises(AllconvError, match=r"^images are 32x8 but model-a needs at least 9x9"):
+        check_input_size("model-a", 32, 8)
+    with pytest.raises(AllconvError, match="unknown model 'all-cnn-d'"):
+        check_input_size("all-cnn-d", 32, 32)

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from allconv import train as T
+from allconv.sweep import sweep
 
 TINY = ["--model", "strided-cnn-a", "--batch-size", "64", "--val-size", "64", "--test-limit", "64",
         "--device", "cpu", "--quiet"]
@@ -60,7 +62,7 @@ def test_resume_is_bit_identical(npz: str, tmp_path: Path) -> None:
 def test_ddp_two_gloo_processes_match_one_process(npz: str, tmp_path: Path) -> None:
     """Same global batch split over 2 ranks = one process (no BN/dropout/augmentation: those are per-rank draws)."""
     args = TINY + ["--data", npz, "--train-limit", "256", "--epochs", "1", "--lr", "0.05", "--no-batchnorm",
-                   "--no-dropout", "--augment", "none", "--no-tta"]
+                   "--no-dropout", "--augment", "none", "--no-tta", "--amp", "off"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "allconv.train", *args, "--out", str(tmp_path / "ddp")]
@@ -83,17 +85,21 @@ def test_divergence_is_reported_and_sweep_goes_on(npz: str, tmp_path: Path,
 
     cfg = T.TrainConfig(model="strided-cnn-a", data=npz, epochs=1, batch_size=64, train_limit=256, val_size=64,
                         test_limit=64, device="cpu", quiet=True, out=str(tmp_path / "sweep"))
-    summary = T.sweep(cfg, lrs=(1e30, 0.01))
+    summary = sweep(cfg, lrs=(1e30, 0.01))
     assert [r["status"] for r in summary["runs"]] == ["diverged", "done"]
     assert summary["best_lr"] == 0.01 and (tmp_path / "sweep" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("extra, match", [
     (["--model", "all-cnn-d"], "unknown model 'all-cnn-d'; choose one of: model-a"),
-    (["--epochs", "0"], "must be positive"),
+    (["--epochs", "0"], "--epochs 0: the number of epochs must be at least 1"),
+    (["--label-smoothing", "5"], "--label-smoothing 5: label smoothing must be at least 0 and below 1"),
+    (["--momentum", "-0.5"], "--momentum -0.5: momentum must be at least 0 and below 1"),
+    (["--lr", "nan"], "--lr nan must be a positive number"),
+    (["--threads", "0"], "--threads and --stop-after must be at least 1"),
     (["--data", "/nonexistent/data.npz"], "not found"),
     (["--val-size", "999999"], "validation size"),
-    (["--resume", "/nonexistent/run"], "checkpoint not found"),
+    (["--resume", "/nonexistent/run"], "no allconv run in /nonexistent/run"),
 ])
 def test_bad_input_is_one_line(npz: str, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
                                match: str) -> None:
@@ -119,3 +125,78 @@ def test_lr_schedules() -> None:
     fast = T.TrainConfig(epochs=10, warmup=0.2, lr=1.0).resolved()
     assert [T.lr_at(fast, t) for t in (0, 1, 2, 6, 10)] == pytest.approx([0, 0.5, 1.0, 0.5, 0.0])
     assert fast.batchnorm and not T.TrainConfig(protocol="paper").resolved().batchnorm
+
+
+def _npz(path: Path, x: np.ndarray, y: np.ndarray) -> str:
+    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
+    return str(path)
+
+
+def _bad_data(kind: str, tmp_path: Path) -> str:
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8), np.arange(80) % 10
+    if kind == "zero-byte":
+        (tmp_path / "empty.npz").write_bytes(b"")
+        return str(tmp_path / "empty.npz")
+    if kind == "label -1":
+        return _npz(tmp_path / "neg.npz", x, np.where(y == 3, -1, y))
+    return _npz(tmp_path / "tiny.npz", x[:, :4, :4], y)  # 4x4 images
+
+
+@pytest.mark.parametrize("kind, match", [("zero-byte", "not a readable .npz file"), ("label -1", "-1"),
+                                         ("4x4", "images are 4x4 but strided-cnn-a needs at least")])
+def test_bad_data_is_one_line(kind: str, match: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path / "cache"))
+    args = TINY + ["--data", _bad_data(kind, tmp_path), "--val-size", "8", "--out", str(tmp_path / "r")]
+    assert T.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and match in err and "\n" not in err, err
+
+
+def _read_only_dir(tmp_path: Path) -> Path:
+    """A directory this process cannot write into (root ignores file modes, so use sysfs there)."""
+    if os.geteuid() == 0:
+        return Path("/sys/allconv-test-run")
+    d = tmp_path / "ro"
+    d.mkdir(mode=0o500)
+    return d / "run"
+
+
+def test_unwritable_out_is_one_line(npz: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    for out, match in ((tmp_path / "file", "is an existing file, not a directory"),
+                       (_read_only_dir(tmp_path), "choose a writable --out")):
+        assert T.main(TINY + ["--data", npz, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and match in err and "\n" not in err, err
+    assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_amp_auto_follows_the_hardware_and_is_recorded(npz: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from allconv import device
+
+    cpu = torch.device("cpu")
+    assert device.resolve_amp("on", cpu) and not device.resolve_amp("off", cpu)
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not device.native_bf16(cpu) and not device.resolve_amp("auto", cpu)
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert device.native_bf16(cpu) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    monkeypatch.undo()
+    for amp, precision in (("on", "bf16 autocast"), ("off", "fp32")):
+        out = tmp_path / amp
+        assert T.main(TINY + ["--data", npz, "--train-limit", "64", "--epochs", "1", "--amp", amp,
+                              "--out", str(out)]) == 0
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["metrics"]["precision"] == precision and meta["config"]["amp"] == amp
+
+
+def test_cpu_flags_parse_x86_and_arm(tmp_path: Path) -> None:
+    from allconv.device import cpu_flags
+
+    (tmp_path / "x86").write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
+    assert {"avx512_bf16", "avx512f"} <= cpu_flags.__wrapped__(str(tmp_path / "x86"))
+    assert "bf16" in cpu_flags.__wrapped__(str(tmp_path / "arm"))
+    assert cpu_flags.__wrapped__(str(tmp_path / "missing")) == frozenset()

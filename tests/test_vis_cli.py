@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +205,27 @@ def test_installed_command_fails_cleanly(assets) -> None:
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == ["error: unknown layer 'pool1'; valid: conv1, conv2, conv3, conv4, conv5, "
                                         "conv6, conv7, conv8, conv9"]
+
+
+def test_download_without_network_blames_the_download(assets, tmp_path: Path, monkeypatch, capsys) -> None:
+    def offline(*a, **k):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setenv("ALLCONV_DATA_ROOT", str(tmp_path / "tv"))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)  # what torchvision's download calls
+    code = main(["--checkpoint", str(assets["ckpt"]), "--data", "cifar10", "--download", "--quiet", "--out",
+                 str(tmp_path / "out")])
+    out, err = _lines(capsys)
+    assert code == 2 and not out and err == ["error: could not download cifar10 ([Errno 111] Connection refused); "
+                                             "check the network, or pass --data with an offline .npz / image folder"]
+
+
+def test_os_error_without_a_file_is_not_blamed_on_out(assets, monkeypatch, capsys) -> None:
+    from allconv import data
+
+    def reset(*a, **k):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(data, "load", reset)
+    assert main(["--checkpoint", str(assets["ckpt"]), "--quiet", "--limit", "2"]) == 2
+    assert _lines(capsys)[1] == ["error: ConnectionResetError: Connection reset by peer"]

@@ -72,10 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AllconvError as e:
         return _fail(str(e))
     except OSError as e:  # e.g. an --out folder that cannot be written
-        return _fail(f"{e.strerror or e} ({e.filename or ''}); check --out and file permissions")
+        return _fail(_os_error(e))
     for line in lines:
         print(line)
     return 0
+
+
+def _os_error(e: OSError) -> str:
+    """A file error names the file and blames --out or permissions; any other OSError (a network error, which
+    ``allconv.data`` already reports itself) is only described, not blamed on files."""
+    if e.filename is None:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return f"{e.strerror or e} ({e.filename}); check --out and file permissions"
 
 
 def _fail(message: str) -> int:
