@@ -85,7 +85,8 @@ def _eval_one(path: str, data: str | None, device: str) -> None:
         print(f"validation accuracy recorded at training time: {100 * val:.2f}%  error {100 * (1 - val):.2f}%")
 
 
-def _write_table(paths: list[str], out: str) -> None:
+def write_table(paths: Sequence[str | Path], out: str | Path, echo: bool = True) -> None:
+    """Write ``table3.md`` and ``table3.png`` for these checkpoints into ``out`` (and print the table)."""
     from .checkpoint import write_bytes
     from .plots import table3_chart
 
@@ -94,8 +95,9 @@ def _write_table(paths: list[str], out: str) -> None:
     out_dir = Path(out)
     write_bytes(out_dir / "table3.md", md.encode())
     table3_chart(rows, out_dir / "table3.png")
-    print(md, end="")
-    print(f"wrote {out_dir / 'table3.md'} and {out_dir / 'table3.png'}")
+    if echo:
+        print(md, end="")
+        print(f"wrote {out_dir / 'table3.md'} and {out_dir / 'table3.png'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.table:
-            _write_table(args.runs, args.out)
+            write_table(args.runs, args.out)
         else:
             for p in args.runs:
                 _eval_one(p, args.data, args.device)

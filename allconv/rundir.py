@@ -23,6 +23,7 @@ from . import checkpoint as ckpt
 from .errors import AllconvError
 
 RUN_FILE = "run.json"
+PLAN_FILE = "plan.json"  # a set of runs (a sweep or a family; see runset)
 LEGACY_STATE = "state.safetensors"  # runs written before the commit-point layout kept one state file
 DIVERGED_FILE = "diverged.txt"
 _STATE = re.compile(r"state-(\d+)\.safetensors")
@@ -142,7 +143,7 @@ def clean(out: Path, keep: str | None = None) -> None:
 
 def refuse_existing(out: Path) -> None:
     """A new run never overwrites finished epochs: point to ``--resume`` instead."""
-    if (out / ckpt.MODEL_FILE).exists() or (out / "sweep.json").exists():
+    if (out / ckpt.MODEL_FILE).exists() or (out / PLAN_FILE).exists():
         raise AllconvError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
 
 

@@ -359,7 +359,8 @@ def resume(run_dir: str | Path, stop_after: int | None = None, quiet: bool | Non
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="allconv-train", description="Train one of the paper's 12 nets.")
-    ap.add_argument("--model", default="all-cnn-c", help=f"one of: {', '.join(names())}")
+    ap.add_argument("--model", default="all-cnn-c", help=f"one of: {', '.join(names())}; or several, comma-separated, "
+                    "or all: a family, each net trained with the same config under --out/<net>")
     ap.add_argument("--protocol", default="fast", choices=list(PROTOCOLS))
     ap.add_argument("--data", default=None, help="cifar10, cifar100, a .npz, an image-folder dir or archive "
                                                  "(default: CIFAR-10, the offline copy if present)")
@@ -398,7 +399,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``allconv-train``: exit 0 done, 1 diverged, 2 bad input or disk, 130/143 interrupted (resumable)."""
-    from .sweep import resume_sweep, sweep
+    from .runset import family, is_runset, resume_runset, sweep
 
     args = parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -408,11 +409,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.resume:
-            again = resume_sweep if (Path(args.resume) / "sweep.json").is_file() else resume
-            r = again(args.resume, args.stop_after, args.quiet or None)
+            r = (resume_runset if is_runset(args.resume) else resume)(args.resume, args.stop_after, args.quiet or None)
             return 1 if r.get("status") == "diverged" else 0
+        models = names() if args.model == "all" else args.model.split(",")
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                             if hasattr(args, f.name)})
+                             if hasattr(args, f.name) and f.name != "model"}, model=models[0])
+        if len(models) > 1:
+            if args.lr_sweep:
+                raise AllconvError("--lr-sweep takes one --model; sweep each net on its own")
+            r = family(cfg, models)
+            return 1 if any(x.get("status") == "diverged" for x in r["runs"]) else 0
         if args.lr_sweep:
             sweep(cfg)
             return 0

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from allconv import rundir
-from allconv import sweep as S
+from allconv import runset as S
 from allconv import train as T
 
 TINY = ["--model", "strided-cnn-a", "--batch-size", "64", "--val-size", "64", "--test-limit", "64",
@@ -214,9 +214,32 @@ def test_an_interrupted_sweep_resumes(npz: str, tmp_path: Path, monkeypatch: pyt
     args = TINY + ["--data", npz, "--epochs", "2", "--lr-sweep", "--out", str(tmp_path / "sweep")]
     assert T.main(args) == 2 and "--resume" in capsys.readouterr().err  # never re-run into a sweep
     assert T.main(["--resume", str(tmp_path / "sweep"), "--quiet"]) == 0
-    summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    summary = json.loads((tmp_path / "sweep" / "plan.json").read_text())
     assert summary["status"] == "done" and [r["status"] for r in summary["runs"]] == ["diverged", "done", "done"]
     assert (tmp_path / "sweep" / "model.safetensors").is_file()
     T.main(TINY + ["--data", npz, "--epochs", "2", "--lr", "0.05", "--out", str(tmp_path / "plain")])
     assert all(torch.equal(a, b) for a, b in zip(_weights(tmp_path / "plain").values(),
                                                  _weights(tmp_path / "sweep" / "lr-0.05").values()))
+
+
+def test_a_family_trains_each_net_alike_and_resumes(npz: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "family"
+    faults = Faults(monkeypatch, root / "model-a")
+    args = TINY[2:] + ["--data", npz, "--epochs", "1", "--out", str(root)]
+    faults.arm(1)  # model-a's first state file: strided-cnn-a has finished
+    with pytest.raises(_Kill):
+        T.main(["--model", "strided-cnn-a,model-a"] + args)
+    faults.arm(None)
+    assert T.main(["--model", "strided-cnn-a,model-a"] + args) == 2  # never re-run into a family
+    assert f"--resume {root}" in capsys.readouterr().err
+    assert T.main(["--resume", str(root), "--quiet"]) == 0
+    plan = json.loads((root / "plan.json").read_text())
+    assert plan["kind"] == "family" and [r["model"] for r in plan["runs"]] == ["strided-cnn-a", "model-a"]
+    for net in ("strided-cnn-a", "model-a"):
+        meta = json.loads((root / net / "meta.json").read_text())
+        assert meta["model"] == net and meta["config"]["lr"] == 0.05 and meta["epoch"] == 1
+    table = (root / "table3.md").read_text()
+    assert table.count("| - |") >= 10 and "| strided-cnn-a | " in table and "| model-a | " in table
+    row = next(line for line in table.splitlines() if line.startswith("| model-a |"))
+    assert row.split("|")[2].strip() != "-"  # our error is filled in

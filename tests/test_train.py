@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from allconv import train as T
-from allconv.sweep import sweep
+from allconv.runset import sweep
 
 TINY = ["--model", "strided-cnn-a", "--batch-size", "64", "--val-size", "64", "--test-limit", "64",
         "--device", "cpu", "--quiet"]
