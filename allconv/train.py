@@ -318,7 +318,7 @@ class Run:
         return {**m, "lr": self.cfg.lr, "epoch": self.epoch, "out": str(self.out)}
 
     def _log(self, msg: str) -> None:
-        if not self.cfg.quiet:
+        if self.dd.main and not self.cfg.quiet:
             tqdm.write(msg, file=sys.stderr)
 
 

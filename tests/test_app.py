@@ -6,6 +6,7 @@ them through ALLCONV_CHECKPOINT_DIR / ALLCONV_DATA (ALLCONV_CACHE keeps its cach
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import struct
@@ -85,6 +86,13 @@ def grid_spec(at: AppTest) -> dict:
     return json.loads(charts[0].proto.spec)
 
 
+def grid_png(at: AppTest) -> bytes:
+    """The grid picture the Image view sends: the PNG inside the chart's data URL."""
+    url = grid_spec(at)["layer"][0]["data"]["values"][0]["url"]
+    assert url.startswith("data:image/png;base64,"), url[:40]
+    return base64.b64decode(url.split(",", 1)[1])
+
+
 def grid_caption(at: AppTest) -> str:
     return next(c.value for c in at.caption if "each filter's reconstruction" in c.value)
 
@@ -156,6 +164,25 @@ def test_widgets_change_layer_filter_method_image_split(env: dict[str, Path]) ->
     assert captions(ok(at))[0] == "tiny test #15 (dog)"
     at.sidebar.segmented_control(key="split").set_value("train").run()
     assert captions(ok(at))[0] == "tiny train #15 (dog)"
+
+
+def test_grid_image_is_the_selected_methods_reconstruction(env: dict[str, Path]) -> None:
+    """Not only the captions: the grid picture itself is each method's reconstruction, computed here without the app."""
+    import vis
+    from allconv.checkpoint import load
+    from allconv.data import load as load_data
+    from app import compute
+
+    model, meta = load(env["ckpt"])
+    x = compute.model_input(load_data(env["data"]).x_test[0], meta.preprocess)  # the page's image: tiny test #0
+    want = {m: compute.png(compute.reconstruction_grid(model, x, "conv9", m)) for m in vis.METHODS}
+    assert len(set(want.values())) == len(want)  # the three methods draw three different grids
+    at = ok(run({"layer": "conv9"}))
+    for method in vis.METHODS:
+        at.sidebar.segmented_control(key="method").set_value(method).run()
+        assert grid_caption(ok(at)).startswith(f"conv9, {method}")
+        shown = next((m for m, png in want.items() if png == grid_png(at)), "none of the methods")
+        assert shown == method, f"method {method} selected, but the grid shows {shown}'s reconstruction"
 
 
 def test_filter_is_clamped_when_the_layer_has_fewer_filters(env: dict[str, Path]) -> None:

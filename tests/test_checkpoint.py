@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
 import os
 import pickle
@@ -68,6 +70,52 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
         ckpt.atomic_write(target, boom)
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["f.bin"]  # no temp file left behind
+
+
+class _HalfWrite:
+    """A file whose first write puts half its bytes on disk and then fails, like a full disk or a kill mid-write."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.f.write(view[: len(view) // 2])
+        self.f.flush()
+        raise OSError(28, "No space left on device (injected)")
+
+    def __enter__(self) -> "_HalfWrite":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.f, name)
+
+
+def test_save_that_fails_halfway_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old_net = create("strided-cnn-a", dropout=False).eval()
+    path = ckpt.save(tmp_path / "net.safetensors", old_net, _meta())
+    old_bytes, before = path.read_bytes(), sorted(os.listdir(tmp_path))
+    real_open = io.open
+
+    def half_writing_open(file, mode="r", *a, **k):  # every way of opening the weights file (or a temp beside it)
+        f = real_open(file, mode, *a, **k)
+        writing = any(c in mode for c in "wax+")
+        return _HalfWrite(f) if writing and "net.safetensors" in os.fspath(file) else f
+
+    monkeypatch.setattr(io, "open", half_writing_open)  # what pathlib's write_bytes / open use
+    monkeypatch.setattr(builtins, "open", half_writing_open)
+    torch.manual_seed(1)
+    with pytest.raises(OSError, match="injected"):
+        ckpt.save(path, create("strided-cnn-a", dropout=False), _meta())
+    monkeypatch.undo()
+    assert path.read_bytes() == old_bytes, "a failed save damaged the existing checkpoint (not written atomically)"
+    model, meta = ckpt.load(path)
+    assert meta.epoch == 3 and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                                      old_net.state_dict().values()))
+    assert sorted(os.listdir(tmp_path)) == before  # no temp file left behind
 
 
 def _truncated(p: Path, saved: Path) -> Path:

@@ -56,6 +56,20 @@ def test_second_load_comes_from_cache(cifar10_npz: Path, tmp_path: Path) -> None
     assert torch.equal(first.x_train, second.x_train) and second.classes == first.classes
 
 
+def test_second_load_reads_the_cache_not_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _npz(tmp_path / "toy.npz")
+    first = data.load(src, cache_dir=tmp_path / "c")
+
+    def no_decoding(path: Path) -> data.Splits:
+        raise AssertionError(f"{path} was decoded again: the array cache was not read")
+
+    monkeypatch.setattr(data, "_from_npz", no_decoding)
+    second = data.load(src, cache_dir=tmp_path / "c")
+    for k in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(second, k), getattr(first, k)), k
+    assert (second.classes, second.name) == (first.classes, first.name)
+
+
 def test_validation_split_is_seeded_and_disjoint() -> None:
     x = torch.arange(100).view(100, 1, 1, 1).expand(100, 3, 2, 2).to(torch.uint8)
     y = torch.arange(100) % 10
@@ -171,6 +185,40 @@ def test_named_dataset_download_without_network_is_one_line(tmp_path: Path, monk
                        r"or pass --data with an offline .npz / image folder$") as e:
         data.load("cifar10", cache_dir=tmp_path / "c", download=True)
     assert "\n" not in str(e.value)
+
+
+# --- preprocessing -------------------------------------------------------------------------------------------------
+
+def test_standardized_training_images_have_zero_mean_unit_std_per_channel() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.stack([torch.randint(0, 40, (200, 8, 8), generator=g),  # dark, narrow
+                     torch.randint(100, 256, (200, 8, 8), generator=g),  # bright, wide
+                     torch.randint(120, 136, (200, 8, 8), generator=g)], 1).to(torch.uint8)  # grey, very narrow
+    out = Preprocess.fit("standardize", x)(x).double()
+    mean, std = out.mean((0, 2, 3)), out.std((0, 2, 3), correction=0)
+    assert torch.allclose(mean, torch.zeros(3, dtype=torch.float64), atol=1e-4), mean
+    assert torch.allclose(std, torch.ones(3, dtype=torch.float64), atol=1e-4), std
+
+
+def test_zca_whitened_covariance_has_the_filter_bias_eigenvalues() -> None:
+    """pylearn2's GCN (mean 0, L2 norm 55 per image) then ZCA(filter_bias=0.1): the whitened training data's covariance
+    has eigenvalues e / (e + 0.1), where e are the eigenvalues of the GCN'd data's covariance."""
+    rng = np.random.default_rng(0)
+    n, d = 400, 3 * 4 * 4
+    scales = np.geomspace(60, 0.5, d)  # pixel-space spread over decades, so some e lie near 0.1
+    basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    raw = 128 + (rng.normal(size=(n, d)) * scales) @ basis.T
+    x = torch.from_numpy(np.clip(np.round(raw), 0, 255).astype(np.uint8).reshape(n, 3, 4, 4))
+
+    flat = x.reshape(n, -1).numpy().astype(np.float64)
+    flat = flat - flat.mean(1, keepdims=True)
+    flat = 55.0 * flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    e = np.linalg.eigvalsh(np.cov(flat, rowvar=False, bias=True)).clip(0)
+    assert e.max() > 10 and (e[1:] < 1).sum() > 10  # the data spans eigenvalues around and far above the bias
+
+    white = Preprocess.fit("zca", x)(x).reshape(n, -1).double().numpy()
+    got = np.linalg.eigvalsh(np.cov(white, rowvar=False, bias=True))
+    np.testing.assert_allclose(got, e / (e + 0.1), atol=2e-4, err_msg="whitened eigenvalues are not e / (e + 0.1)")
 
 
 # --- labels ------------------------------------------------------------------------------------------------------

@@ -99,6 +99,29 @@ def test_fold_batchnorm_is_the_same_function_with_the_paper_parameter_count() ->
     torch.testing.assert_close(plain.conv1(x), net.conv1(x), rtol=1e-4, atol=1e-5)
 
 
+def test_fold_batchnorm_keeps_eps_for_channels_without_variance() -> None:
+    """A channel whose running variance is 0 (it never varied in training) or tiny is scaled by 1/sqrt(var + eps), as
+    BN does in eval mode, not by 1/sqrt(var): the folded net stays finite and computes the same function."""
+    torch.manual_seed(0)
+    net = create("strided-cnn-a", dropout=False, batchnorm=True).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_var[0::4] = 0.0
+                m.running_var[1::4] = 1e-9
+    plain = fold_batchnorm(net)
+    assert all(torch.isfinite(p).all() for p in plain.parameters()), "folded weights are not finite"
+    h = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for name in layer_names(net):  # each block alone, on the BN net's own input to it
+            want = net.get_submodule(name)(h)  # channels without variance are ~300x larger than the rest
+            torch.testing.assert_close(plain.get_submodule(name)(h), want, rtol=1e-4,
+                                       atol=1e-6 * float(want.abs().max()), msg=lambda m, name=name: f"{name}: {m}")
+            h = want
+
+
 @pytest.mark.parametrize("name", list(PARAMS))
 def test_min_input_size_is_the_smallest_that_runs(name):
     side = min_input_size(name)
