@@ -37,3 +37,10 @@ def cifar10_test_arrays(cifar10_npz: Path) -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 test images as uint8 (N, 32, 32, 3) and their labels, straight from the archive."""
     with np.load(cifar10_npz) as d:
         return d["x_test"], d["y_test"].astype(np.int64)
+
+
+@pytest.fixture
+def cifar(cifar10_npz: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The CIFAR-10 copy as a ``--data`` argument, its decoded arrays cached in a temp dir (never the user's cache)."""
+    monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path_factory.getbasetemp() / "allconv-cache"))
+    return str(cifar10_npz)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import runlog
 import torch
-from safetensors.torch import load_file
 
 from allconv import train as T
 from allconv.runset import sweep
@@ -21,47 +21,30 @@ TINY = ["--model", "strided-cnn-a", "--batch-size", "64", "--val-size", "64", "-
         "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture
-def npz(cifar10_npz: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The shared CIFAR-10 copy, cached in a temp dir so tests never write into the user's cache."""
-    monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path_factory.getbasetemp() / "allconv-cache"))
-    return str(cifar10_npz)
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "model.safetensors"))
-
-
-def _history(run: Path) -> list[dict]:
-    drop = ("epoch_s", "img_per_s", "wall_s")
-    return [{k: v for k, v in json.loads(line).items() if k not in drop}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def test_short_cpu_run_learns(npz: str, tmp_path: Path) -> None:
-    r = T.train(T.TrainConfig(model="strided-cnn-a", data=npz, epochs=3, batch_size=128, lr=0.2, train_limit=2000,
+def test_short_cpu_run_learns(cifar: str, tmp_path: Path) -> None:
+    r = T.train(T.TrainConfig(model="strided-cnn-a", data=cifar, epochs=3, batch_size=128, lr=0.2, train_limit=2000,
                               val_size=500, test_limit=500, device="cpu", quiet=True, out=str(tmp_path / "run")))
     assert r["status"] == "done" and r["epoch"] == 3
     assert r["val_acc"] > 0.25 and r["test_acc"] > 0.25, r  # chance is 0.10
-    hist = _history(tmp_path / "run")
+    hist = runlog.history(tmp_path / "run")
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
 
 
-def test_resume_is_bit_identical(npz: str, tmp_path: Path) -> None:
-    args = TINY + ["--data", npz, "--train-limit", "256", "--epochs", "2", "--lr", "0.1"]
+def test_resume_is_bit_identical(cifar: str, tmp_path: Path) -> None:
+    args = TINY + ["--data", cifar, "--train-limit", "256", "--epochs", "2", "--lr", "0.1"]
     assert T.main(args + ["--out", str(tmp_path / "full")]) == 0
     assert T.main(args + ["--out", str(tmp_path / "cut"), "--stop-after", "1"]) == 0
     assert json.loads((tmp_path / "cut" / "meta.json").read_text())["epoch"] == 1
     assert T.main(["--resume", str(tmp_path / "cut"), "--quiet"]) == 0
-    full, cut = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    full, cut = runlog.weights(tmp_path / "full"), runlog.weights(tmp_path / "cut")
     assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
-    assert _history(tmp_path / "full") == _history(tmp_path / "cut")
+    assert runlog.history(tmp_path / "full") == runlog.history(tmp_path / "cut")
 
 
-def test_ddp_two_gloo_processes_match_one_process(npz: str, tmp_path: Path) -> None:
+def test_ddp_two_gloo_processes_match_one_process(cifar: str, tmp_path: Path) -> None:
     """Same global batch split over 2 ranks = one process (no BN/dropout/augmentation: those are per-rank draws)."""
-    args = TINY + ["--data", npz, "--train-limit", "256", "--epochs", "1", "--lr", "0.05", "--no-batchnorm",
+    args = TINY + ["--data", cifar, "--train-limit", "256", "--epochs", "1", "--lr", "0.05", "--no-batchnorm",
                    "--no-dropout", "--augment", "none", "--no-tta", "--amp", "off"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
@@ -69,21 +52,21 @@ def test_ddp_two_gloo_processes_match_one_process(npz: str, tmp_path: Path) -> N
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert T.main(args + ["--out", str(tmp_path / "one")]) == 0
-    ddp, one = _weights(tmp_path / "ddp"), _weights(tmp_path / "one")
+    ddp, one = runlog.weights(tmp_path / "ddp"), runlog.weights(tmp_path / "one")
     for k in one:
         torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
     assert json.loads((tmp_path / "ddp" / "meta.json").read_text())["device"] == "cpu x2"
 
 
-def test_divergence_is_reported_and_sweep_goes_on(npz: str, tmp_path: Path,
+def test_divergence_is_reported_and_sweep_goes_on(cifar: str, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    args = TINY + ["--data", npz, "--train-limit", "256", "--epochs", "1"]
+    args = TINY + ["--data", cifar, "--train-limit", "256", "--epochs", "1"]
     assert T.main(args + ["--lr", "1e30", "--out", str(tmp_path / "boom")]) == 1
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
     assert len(lines) == 1 and "lr 1e+30" in lines[0] and "nan" in lines[0]
     assert "diverged" in (tmp_path / "boom" / "diverged.txt").read_text()
 
-    cfg = T.TrainConfig(model="strided-cnn-a", data=npz, epochs=1, batch_size=64, train_limit=256, val_size=64,
+    cfg = T.TrainConfig(model="strided-cnn-a", data=cifar, epochs=1, batch_size=64, train_limit=256, val_size=64,
                         test_limit=64, device="cpu", quiet=True, out=str(tmp_path / "sweep"))
     summary = sweep(cfg, lrs=(1e30, 0.01))
     assert [r["status"] for r in summary["runs"]] == ["diverged", "done"]
@@ -101,16 +84,16 @@ def test_divergence_is_reported_and_sweep_goes_on(npz: str, tmp_path: Path,
     (["--val-size", "999999"], "validation size"),
     (["--resume", "/nonexistent/run"], "no allconv run in /nonexistent/run"),
 ])
-def test_bad_input_is_one_line(npz: str, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
+def test_bad_input_is_one_line(cifar: str, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
                                match: str) -> None:
-    data = [] if "--data" in extra else ["--data", npz]
+    data = [] if "--data" in extra else ["--data", cifar]
     assert T.main(TINY + data + ["--train-limit", "64", "--out", str(tmp_path / "r")] + extra) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and match in err and "\n" not in err
 
 
-def test_existing_run_is_never_overwritten(npz: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    args = TINY + ["--data", npz, "--train-limit", "64", "--epochs", "1", "--out", str(tmp_path / "r")]
+def test_existing_run_is_never_overwritten(cifar: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = TINY + ["--data", cifar, "--train-limit", "64", "--epochs", "1", "--out", str(tmp_path / "r")]
     assert T.main(args) == 0
     before = (tmp_path / "r" / "model.safetensors").read_bytes()
     assert T.main(args) == 2
@@ -163,17 +146,17 @@ def _read_only_dir(tmp_path: Path) -> Path:
     return d / "run"
 
 
-def test_unwritable_out_is_one_line(npz: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_unwritable_out_is_one_line(cifar: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "file").write_text("not a directory")
     for out, match in ((tmp_path / "file", "is an existing file, not a directory"),
                        (_read_only_dir(tmp_path), "choose a writable --out")):
-        assert T.main(TINY + ["--data", npz, "--out", str(out)]) == 2
+        assert T.main(TINY + ["--data", cifar, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and match in err and "\n" not in err, err
     assert (tmp_path / "file").read_text() == "not a directory"
 
 
-def test_amp_auto_follows_the_hardware_and_is_recorded(npz: str, tmp_path: Path,
+def test_amp_auto_follows_the_hardware_and_is_recorded(cifar: str, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from allconv import device
 
@@ -186,7 +169,7 @@ def test_amp_auto_follows_the_hardware_and_is_recorded(npz: str, tmp_path: Path,
     monkeypatch.undo()
     for amp, precision in (("on", "bf16 autocast"), ("off", "fp32")):
         out = tmp_path / amp
-        assert T.main(TINY + ["--data", npz, "--train-limit", "64", "--epochs", "1", "--amp", amp,
+        assert T.main(TINY + ["--data", cifar, "--train-limit", "64", "--epochs", "1", "--amp", amp,
                               "--out", str(out)]) == 0
         meta = json.loads((out / "meta.json").read_text())
         assert meta["metrics"]["precision"] == precision and meta["config"]["amp"] == amp
