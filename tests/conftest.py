@@ -40,7 +40,7 @@ def cifar10_test_arrays(cifar10_npz: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture
-def cifar(cifar10_npz: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> str:
+def cifar10(cifar10_npz: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The CIFAR-10 copy as a ``--data`` argument, its decoded arrays cached in a temp dir (never the user's cache)."""
     monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path_factory.getbasetemp() / "allconv-cache"))
     return str(cifar10_npz)

@@ -71,17 +71,17 @@ def _same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture
-def reference(cifar: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(cifar10: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "run"
-    assert T.main(TINY + ["--data", cifar, "--epochs", "3", "--out", str(out)]) == 0
+    assert T.main(TINY + ["--data", cifar10, "--epochs", "3", "--out", str(out)]) == 0
     return out
 
 
-def _steps_of_one_save(cifar: str, root: Path, faults: Faults) -> int:
+def _steps_of_one_save(cifar10: str, root: Path, faults: Faults) -> int:
     """How many write steps resuming a run and saving its next epoch take; leaves ``root/epoch-1``, a run
     stopped after its first epoch, to copy."""
     faults.arm(None)
-    assert T.main(TINY + ["--data", cifar, "--epochs", "3", "--stop-after", "1", "--out", str(root / "epoch-1")]) == 0
+    assert T.main(TINY + ["--data", cifar10, "--epochs", "3", "--stop-after", "1", "--out", str(root / "epoch-1")]) == 0
     out = root / "count"
     shutil.copytree(root / "epoch-1", out)
     faults.arm(10 ** 9)
@@ -89,10 +89,10 @@ def _steps_of_one_save(cifar: str, root: Path, faults: Faults) -> int:
     return faults.count
 
 
-def test_a_kill_at_every_write_step_resumes_bit_identically(cifar: str, reference: Path, tmp_path: Path,
+def test_a_kill_at_every_write_step_resumes_bit_identically(cifar10: str, reference: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     faults = Faults(monkeypatch, tmp_path)
-    n = _steps_of_one_save(cifar, tmp_path, faults)
+    n = _steps_of_one_save(cifar10, tmp_path, faults)
     assert n >= 5  # state, model, meta.json, old state, metrics, curves...
     for at in range(n):
         out = tmp_path / f"kill-{at}"
@@ -105,11 +105,11 @@ def test_a_kill_at_every_write_step_resumes_bit_identically(cifar: str, referenc
         _same_run(reference, out)
 
 
-def test_a_full_disk_at_every_write_step_is_one_line_and_resumes(cifar: str, reference: Path, tmp_path: Path,
+def test_a_full_disk_at_every_write_step_is_one_line_and_resumes(cifar10: str, reference: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture) -> None:
     faults = Faults(monkeypatch, tmp_path)
-    n = _steps_of_one_save(cifar, tmp_path, faults)
+    n = _steps_of_one_save(cifar10, tmp_path, faults)
     for at in range(n):
         out = tmp_path / f"full-{at}"
         shutil.copytree(tmp_path / "epoch-1", out)
@@ -124,23 +124,23 @@ def test_a_full_disk_at_every_write_step_is_one_line_and_resumes(cifar: str, ref
         _same_run(reference, out)
 
 
-def test_a_kill_in_the_first_epoch_resumes_from_the_start(cifar: str, reference: Path, tmp_path: Path,
+def test_a_kill_in_the_first_epoch_resumes_from_the_start(cifar10: str, reference: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     faults = Faults(monkeypatch, tmp_path)
     out = tmp_path / "first"
     faults.arm(1)  # step 0 writes run.json; step 1 is the first epoch's state file
     with pytest.raises(_Kill):
-        T.main(TINY + ["--data", cifar, "--epochs", "3", "--out", str(out)])
+        T.main(TINY + ["--data", cifar10, "--epochs", "3", "--out", str(out)])
     faults.arm(None)
     assert (out / rundir.RUN_FILE).is_file() and not (out / "model.safetensors").exists()
     assert T.main(["--resume", str(out), "--quiet"]) == 0
     _same_run(reference, out)
 
 
-def test_a_kill_in_the_last_save_is_repaired_by_resume(cifar: str, tmp_path: Path,
+def test_a_kill_in_the_last_save_is_repaired_by_resume(cifar10: str, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "last"
-    assert T.main(TINY + ["--data", cifar, "--epochs", "1", "--stop-after", "1", "--out", str(out)]) == 0
+    assert T.main(TINY + ["--data", cifar10, "--epochs", "1", "--stop-after", "1", "--out", str(out)]) == 0
     (out / "metrics.jsonl").write_text("")  # as if killed between the commit and the metrics write
     (out / ".model.safetensors.x.tmp").write_bytes(b"half a file")
     assert T.main(["--resume", str(out), "--quiet"]) == 2
@@ -149,7 +149,7 @@ def test_a_kill_in_the_last_save_is_repaired_by_resume(cifar: str, tmp_path: Pat
 
 
 @pytest.mark.parametrize("exc, code, name", [(KeyboardInterrupt, 130, "SIGINT"), (T.Terminated, 143, "SIGTERM")])
-def test_interrupt_is_one_line_saying_how_to_resume(cifar: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_interrupt_is_one_line_saying_how_to_resume(cifar10: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture, exc: type, code: int,
                                                     name: str) -> None:
     real, calls = T.Run.train_epoch, []
@@ -162,15 +162,15 @@ def test_interrupt_is_one_line_saying_how_to_resume(cifar: str, tmp_path: Path, 
 
     monkeypatch.setattr(T.Run, "train_epoch", interrupted_in_epoch_2)
     out = tmp_path / "r"
-    assert T.main(TINY + ["--data", cifar, "--epochs", "3", "--out", str(out)]) == code
+    assert T.main(TINY + ["--data", cifar10, "--epochs", "3", "--out", str(out)]) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"interrupted by {name}: 1 of 3 epochs are saved in {out}; continue with allconv-train "
                    f"--resume {out}"]
 
 
-def test_real_sigterm_from_another_process(cifar: str, tmp_path: Path) -> None:
+def test_real_sigterm_from_another_process(cifar10: str, tmp_path: Path) -> None:
     out = tmp_path / "r"
-    cmd = [sys.executable, "-m", "allconv.train", *TINY, "--data", cifar, "--epochs", "1000", "--out", str(out)]
+    cmd = [sys.executable, "-m", "allconv.train", *TINY, "--data", cifar10, "--epochs", "1000", "--out", str(out)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while not (out / "model.safetensors").exists() and time.monotonic() < deadline:
@@ -184,32 +184,32 @@ def test_real_sigterm_from_another_process(cifar: str, tmp_path: Path) -> None:
     assert T.main(["--resume", str(out), "--stop-after", "1", "--quiet"]) == 0
 
 
-def test_an_interrupted_sweep_resumes(cifar: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_an_interrupted_sweep_resumes(cifar10: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture) -> None:
     faults = Faults(monkeypatch, tmp_path / "sweep" / "lr-0.05")
-    cfg = T.TrainConfig(model="strided-cnn-a", data=cifar, epochs=2, batch_size=64, train_limit=128, val_size=64,
+    cfg = T.TrainConfig(model="strided-cnn-a", data=cifar10, epochs=2, batch_size=64, train_limit=128, val_size=64,
                         test_limit=64, device="cpu", quiet=True, out=str(tmp_path / "sweep"))
     faults.arm(3)  # inside lr 0.05's first save: the first lr has diverged and is kept
     with pytest.raises(_Kill):
         S.sweep(cfg, lrs=(1e30, 0.05, 0.01))
     faults.arm(None)
     assert (tmp_path / "sweep" / "lr-1e+30" / rundir.DIVERGED_FILE).is_file()
-    args = TINY + ["--data", cifar, "--epochs", "2", "--lr-sweep", "--out", str(tmp_path / "sweep")]
+    args = TINY + ["--data", cifar10, "--epochs", "2", "--lr-sweep", "--out", str(tmp_path / "sweep")]
     assert T.main(args) == 2 and "--resume" in capsys.readouterr().err  # never re-run into a sweep
     assert T.main(["--resume", str(tmp_path / "sweep"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "sweep" / "plan.json").read_text())
     assert summary["status"] == "done" and [r["status"] for r in summary["runs"]] == ["diverged", "done", "done"]
     assert (tmp_path / "sweep" / "model.safetensors").is_file()
-    T.main(TINY + ["--data", cifar, "--epochs", "2", "--lr", "0.05", "--out", str(tmp_path / "plain")])
+    T.main(TINY + ["--data", cifar10, "--epochs", "2", "--lr", "0.05", "--out", str(tmp_path / "plain")])
     assert all(torch.equal(a, b) for a, b in zip(runlog.weights(tmp_path / "plain").values(),
                                                  runlog.weights(tmp_path / "sweep" / "lr-0.05").values()))
 
 
-def test_a_family_trains_each_net_alike_and_resumes(cifar: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_a_family_trains_each_net_alike_and_resumes(cifar10: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "family"
     faults = Faults(monkeypatch, root / "model-a")
-    args = TINY[2:] + ["--data", cifar, "--epochs", "1", "--out", str(root)]
+    args = TINY[2:] + ["--data", cifar10, "--epochs", "1", "--out", str(root)]
     faults.arm(1)  # model-a's first state file: strided-cnn-a has finished
     with pytest.raises(_Kill):
         T.main(["--model", "strided-cnn-a,model-a"] + args)

@@ -21,8 +21,8 @@ TINY = ["--model", "strided-cnn-a", "--batch-size", "64", "--val-size", "64", "-
         "--device", "cpu", "--quiet"]
 
 
-def test_short_cpu_run_learns(cifar: str, tmp_path: Path) -> None:
-    r = T.train(T.TrainConfig(model="strided-cnn-a", data=cifar, epochs=3, batch_size=128, lr=0.2, train_limit=2000,
+def test_short_cpu_run_learns(cifar10: str, tmp_path: Path) -> None:
+    r = T.train(T.TrainConfig(model="strided-cnn-a", data=cifar10, epochs=3, batch_size=128, lr=0.2, train_limit=2000,
                               val_size=500, test_limit=500, device="cpu", quiet=True, out=str(tmp_path / "run")))
     assert r["status"] == "done" and r["epoch"] == 3
     assert r["val_acc"] > 0.25 and r["test_acc"] > 0.25, r  # chance is 0.10
@@ -31,8 +31,8 @@ def test_short_cpu_run_learns(cifar: str, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
 
 
-def test_resume_is_bit_identical(cifar: str, tmp_path: Path) -> None:
-    args = TINY + ["--data", cifar, "--train-limit", "256", "--epochs", "2", "--lr", "0.1"]
+def test_resume_is_bit_identical(cifar10: str, tmp_path: Path) -> None:
+    args = TINY + ["--data", cifar10, "--train-limit", "256", "--epochs", "2", "--lr", "0.1"]
     assert T.main(args + ["--out", str(tmp_path / "full")]) == 0
     assert T.main(args + ["--out", str(tmp_path / "cut"), "--stop-after", "1"]) == 0
     assert json.loads((tmp_path / "cut" / "meta.json").read_text())["epoch"] == 1
@@ -42,9 +42,9 @@ def test_resume_is_bit_identical(cifar: str, tmp_path: Path) -> None:
     assert runlog.history(tmp_path / "full") == runlog.history(tmp_path / "cut")
 
 
-def test_ddp_two_gloo_processes_match_one_process(cifar: str, tmp_path: Path) -> None:
+def test_ddp_two_gloo_processes_match_one_process(cifar10: str, tmp_path: Path) -> None:
     """Same global batch split over 2 ranks = one process (no BN/dropout/augmentation: those are per-rank draws)."""
-    args = TINY + ["--data", cifar, "--train-limit", "256", "--epochs", "1", "--lr", "0.05", "--no-batchnorm",
+    args = TINY + ["--data", cifar10, "--train-limit", "256", "--epochs", "1", "--lr", "0.05", "--no-batchnorm",
                    "--no-dropout", "--augment", "none", "--no-tta", "--amp", "off"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
@@ -58,15 +58,15 @@ def test_ddp_two_gloo_processes_match_one_process(cifar: str, tmp_path: Path) ->
     assert json.loads((tmp_path / "ddp" / "meta.json").read_text())["device"] == "cpu x2"
 
 
-def test_divergence_is_reported_and_sweep_goes_on(cifar: str, tmp_path: Path,
+def test_divergence_is_reported_and_sweep_goes_on(cifar10: str, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    args = TINY + ["--data", cifar, "--train-limit", "256", "--epochs", "1"]
+    args = TINY + ["--data", cifar10, "--train-limit", "256", "--epochs", "1"]
     assert T.main(args + ["--lr", "1e30", "--out", str(tmp_path / "boom")]) == 1
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
     assert len(lines) == 1 and "lr 1e+30" in lines[0] and "nan" in lines[0]
     assert "diverged" in (tmp_path / "boom" / "diverged.txt").read_text()
 
-    cfg = T.TrainConfig(model="strided-cnn-a", data=cifar, epochs=1, batch_size=64, train_limit=256, val_size=64,
+    cfg = T.TrainConfig(model="strided-cnn-a", data=cifar10, epochs=1, batch_size=64, train_limit=256, val_size=64,
                         test_limit=64, device="cpu", quiet=True, out=str(tmp_path / "sweep"))
     summary = sweep(cfg, lrs=(1e30, 0.01))
     assert [r["status"] for r in summary["runs"]] == ["diverged", "done"]
@@ -84,16 +84,16 @@ def test_divergence_is_reported_and_sweep_goes_on(cifar: str, tmp_path: Path,
     (["--val-size", "999999"], "validation size"),
     (["--resume", "/nonexistent/run"], "no allconv run in /nonexistent/run"),
 ])
-def test_bad_input_is_one_line(cifar: str, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
+def test_bad_input_is_one_line(cifar10: str, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
                                match: str) -> None:
-    data = [] if "--data" in extra else ["--data", cifar]
+    data = [] if "--data" in extra else ["--data", cifar10]
     assert T.main(TINY + data + ["--train-limit", "64", "--out", str(tmp_path / "r")] + extra) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and match in err and "\n" not in err
 
 
-def test_existing_run_is_never_overwritten(cifar: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    args = TINY + ["--data", cifar, "--train-limit", "64", "--epochs", "1", "--out", str(tmp_path / "r")]
+def test_existing_run_is_never_overwritten(cifar10: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = TINY + ["--data", cifar10, "--train-limit", "64", "--epochs", "1", "--out", str(tmp_path / "r")]
     assert T.main(args) == 0
     before = (tmp_path / "r" / "model.safetensors").read_bytes()
     assert T.main(args) == 2
@@ -146,17 +146,17 @@ def _read_only_dir(tmp_path: Path) -> Path:
     return d / "run"
 
 
-def test_unwritable_out_is_one_line(cifar: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_unwritable_out_is_one_line(cifar10: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "file").write_text("not a directory")
     for out, match in ((tmp_path / "file", "is an existing file, not a directory"),
                        (_read_only_dir(tmp_path), "choose a writable --out")):
-        assert T.main(TINY + ["--data", cifar, "--out", str(out)]) == 2
+        assert T.main(TINY + ["--data", cifar10, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and match in err and "\n" not in err, err
     assert (tmp_path / "file").read_text() == "not a directory"
 
 
-def test_amp_auto_follows_the_hardware_and_is_recorded(cifar: str, tmp_path: Path,
+def test_amp_auto_follows_the_hardware_and_is_recorded(cifar10: str, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from allconv import device
 
@@ -169,7 +169,7 @@ def test_amp_auto_follows_the_hardware_and_is_recorded(cifar: str, tmp_path: Pat
     monkeypatch.undo()
     for amp, precision in (("on", "bf16 autocast"), ("off", "fp32")):
         out = tmp_path / amp
-        assert T.main(TINY + ["--data", cifar, "--train-limit", "64", "--epochs", "1", "--amp", amp,
+        assert T.main(TINY + ["--data", cifar10, "--train-limit", "64", "--epochs", "1", "--amp", amp,
                               "--out", str(out)]) == 0
         meta = json.loads((out / "meta.json").read_text())
         assert meta["metrics"]["precision"] == precision and meta["config"]["amp"] == amp
