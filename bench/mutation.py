@@ -1,0 +1,330 @@
+"""Mutation testing as a benchmark (not CI): how many small bugs planted in the library do the tests catch?
+
+Each module is parsed with ``ast`` and mutated one spot at a time (a precise text edit; line numbers are kept):
+comparisons flipped (< <=, > >=, == !=, is / is not, in / not in), arithmetic swapped (+ -, * /, // -> /, % -> //,
+** -> *, also in ``+=``...), and/or swapped, ``not`` removed, True/False flipped ("kwarg" for keyword arguments),
+numbers changed (int n -> n+1, float x -> 10x, 0.0 -> 1.0), ``return x`` -> ``return None``. Left alone: docstrings,
+f-strings, annotations, ``__all__``, imports, ``raise`` statements, message calls (print, logging, st.info...),
+``if __name__``/``TYPE_CHECKING`` blocks, assert messages and lines marked ``# pragma: no mutate``.
+
+The repository is never written: its working tree (``git ls-files -co --exclude-standard``) is copied to a temp dir,
+one copy per job, and mutants are written there. A mutant runs only the test files that import its module (directly,
+or through a re-export: ``from vis import METHODS``, a module's ``__all__``; a test driving app/main.py through
+AppTest counts as importing what the script imports), fastest file first, ``pytest -x``, in a child forked from this
+process once it has imported torch, numpy, pytest and streamlit (``--no-fork``: a fresh interpreter per run). Killed:
+a test fails, or the run times out (counted apart). The unmutated tests run first, per file and timed; if one fails,
+nothing else runs. Default timeout per mutant: 3x the baseline time of its tests + 30 s.
+
+    OMP_NUM_THREADS=1 nice -n 15 python bench/mutation.py --modules allconv/preprocess.py --max-mutants 20
+    python bench/mutation.py --list                                 # the mutants and test files; runs nothing
+    python bench/mutation.py --modules allconv/train.py::resume,Run._restore   # only these functions/methods
+    python bench/mutation.py --jobs 2 --timeout 600 --tests tests/test_models.py --kinds compare,number
+
+It prints a table (module, mutants, killed, timeouts, survived, score), then each survivor and its source line for a
+human to judge: an equivalent mutant (no test can tell it apart) or a missing test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mutants import Mutant, mutants  # noqa: E402  (bench/ is not a package)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("allconv/preprocess.py", "allconv/checkpoint.py", "allconv/models.py", "allconv/train.py",
+           "allconv/config.py::lr_at", "allconv/data.py", "vis/modes.py", "vis/reconstruct.py", "vis/receptive.py",
+           "vis/figure2.py", "app/sidebar.py", "app/config.py", "app/main.py")
+EXCLUDED_TESTS = {"tests/test_app_browser.py"}  # needs Chromium
+SCRIPT_TESTS = {"AppTest.from_file": "app.main"}  # text in a test file -> the script it runs in-process
+LIBRARY = ("allconv", "vis", "app")
+PRELOAD = ("numpy", "torch", "torchvision", "PIL.Image", "safetensors.torch", "matplotlib", "pytest", "streamlit",
+           "streamlit.testing.v1")
+Plan = list[tuple[str, list["Mutant"], list[str]]]  # (module spec, its mutants, its test files)
+
+
+class Imports:
+    """The library modules a file reaches through its imports: directly or through re-exports."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.trees = root, {}
+
+    def file(self, mod: str) -> Path | None:
+        base = self.root / mod.replace(".", "/")
+        return next((p for p in (Path(f"{base}.py"), base / "__init__.py") if p.is_file()), None)
+
+    def tree(self, mod: str) -> ast.Module:
+        if mod not in self.trees:
+            self.trees[mod] = ast.parse(self.file(mod).read_text(encoding="utf-8"))
+        return self.trees[mod]
+
+    def base(self, here: str, node: ast.ImportFrom) -> str:
+        """The absolute module an ``ImportFrom`` in module ``here`` imports from."""
+        if not node.level:
+            return node.module or ""
+        parts = here.split(".")[:None if self.file(here).name == "__init__.py" else -1]
+        return ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+
+    def origin(self, pkg: str, name: str, depth: int = 0) -> str:
+        """Where ``pkg``'s attribute ``name`` comes from: a submodule, a re-exported module's name, or ``pkg``."""
+        if self.file(f"{pkg}.{name}"):
+            return f"{pkg}.{name}"
+        for node in self.tree(pkg).body:
+            if isinstance(node, ast.ImportFrom) and depth < 5 and self.file(base := self.base(pkg, node)):
+                for a in node.names:
+                    if (a.asname or a.name) == name:
+                        return self.origin(base, a.name, depth + 1)
+        return pkg
+
+    def exported(self, mod: str) -> set[str]:
+        """``mod`` and the modules whose names it re-exports in ``__all__``."""
+        names = [c.value for n in self.tree(mod).body if isinstance(n, ast.Assign) and "__all__" in ast.unparse(n)
+                 for c in ast.walk(n.value) if isinstance(c, ast.Constant)]
+        return {mod} | {self.origin(mod, n) for n in names}
+
+    def reached(self, tree: ast.AST, here: str = "") -> set[str]:
+        out = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                out |= {m for a in node.names if self.file(a.name) for m in self.exported(a.name)}
+            elif isinstance(node, ast.ImportFrom) and self.file(base := self.base(here, node)):
+                for a in node.names:
+                    o = self.origin(base, a.name)
+                    out |= {base} | (self.exported(o) if o == f"{base}.{a.name}" else {o})
+        return out
+
+
+def test_map(root: Path) -> dict[str, set[str]]:
+    """Test file -> the library modules it reaches."""
+    imports, out = Imports(root), {}
+    for f in sorted((root / "tests").glob("test_*.py")):
+        rel, text = f.relative_to(root).as_posix(), f.read_text(encoding="utf-8")
+        if rel not in EXCLUDED_TESTS:
+            out[rel] = imports.reached(ast.parse(text))
+            for script in (s for marker, s in SCRIPT_TESTS.items() if marker in text):
+                out[rel] |= {script} | imports.reached(imports.tree(script), script)
+    return out
+
+
+def snapshot(root: Path, dest: Path) -> None:
+    """Copy the working tree (tracked and untracked-but-not-ignored files) to ``dest``; link ``../shared`` beside."""
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "-co", "--exclude-standard", "-z"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (root / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, dest / rel)
+    if (root.parent / "shared").exists():
+        (dest.parent / "shared").symlink_to(root.parent / "shared")
+
+
+def _child(copy: Path, cmd: list[str], log: Path) -> None:
+    """In the forked child: pytest on ``copy``'s packages, output to ``log``; exit 98 if one came from elsewhere."""
+    code = 99
+    try:
+        os.setpgid(0, 0)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1), os.dup2(fd, 2)
+        os.chdir(copy)
+        sys.path.insert(0, str(copy))
+        import pytest
+        code = pytest.main(cmd)
+        stray = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in LIBRARY
+                 and getattr(m, "__file__", None) and not m.__file__.startswith(f"{copy}/")]
+        if stray:
+            print(f"imported outside the copy: {stray}")
+            code = 98
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(int(code))
+
+
+class Pytest:
+    """One pytest run on a copy, in a forked child or a fresh interpreter, in its own process group."""
+
+    def __init__(self, copy: Path, tests: list[str], log: Path, fork: bool) -> None:
+        cmd = ["-x", "-q", "-p", "no:cacheprovider", f"--basetemp={copy.with_suffix('.tmp')}", *tests]
+        self.proc = None
+        if fork:
+            self.pid = os.fork()
+            if self.pid == 0:
+                _child(copy, cmd, log)
+            try:
+                os.setpgid(self.pid, self.pid)
+            except OSError:
+                pass
+            return
+        launch = "import sys; sys.path.insert(0, sys.argv[1]); import pytest; sys.exit(pytest.main(sys.argv[2:]))"
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-c", launch, str(copy), *cmd], cwd=copy, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        self.pid = self.proc.pid
+
+    def poll(self) -> int | None:
+        if self.proc is not None:
+            return self.proc.poll()
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        return None if pid == 0 else os.waitstatus_to_exitcode(status)
+
+    def stop(self) -> None:
+        """Kill the process group (leftover workers included) and reap the child."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            self.proc.wait() if self.proc else os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+@dataclass
+class Task:
+    mutant: Mutant | None  # None: the baseline
+    tests: list[str]
+    limit: float
+
+
+def run(tasks: list[Task], copies: list[Path], fork: bool) -> list[tuple[str, float]]:
+    """Run the tasks, one per copy at a time: (passed|failed|timeout, seconds) for each. Copies are restored."""
+    originals = {t.mutant.path: (copies[0] / t.mutant.path).read_text(encoding="utf-8") for t in tasks if t.mutant}
+    results, free, running, queue = [("", 0.0)] * len(tasks), list(copies), {}, list(enumerate(tasks))
+
+    def write(copy: Path, m: Mutant | None, mutated: bool) -> None:
+        if m:
+            (copy / m.path).write_text(m.apply(originals[m.path]) if mutated else originals[m.path], "utf-8")
+
+    try:
+        while queue or running:
+            while queue and free:
+                copy, (i, task) = free.pop(), queue.pop(0)
+                write(copy, task.mutant, True)
+                running[copy] = (Pytest(copy, task.tests, copy.parent / "logs" / f"{i}.log", fork), i, time.monotonic())
+            for copy, (proc, i, t0) in list(running.items()):
+                code, secs = proc.poll(), time.monotonic() - t0
+                if code is None and secs < tasks[i].limit:
+                    continue
+                proc.stop()
+                write(copy, tasks[i].mutant, False)
+                del running[copy]
+                free.append(copy)
+                results[i] = ("timeout" if code is None else "passed" if code == 0 else "failed", secs)
+                label = tasks[i].mutant or " ".join(tasks[i].tests)
+                done = sum(bool(r[0]) for r in results)
+                print(f"[{done}/{len(tasks)}] {label}: {results[i][0]} ({secs:.1f}s)", file=sys.stderr, flush=True)
+            time.sleep(0.05)
+    finally:
+        for copy, (proc, i, _) in running.items():
+            proc.stop()
+            write(copy, tasks[i].mutant, False)
+    return results
+
+
+def preload() -> None:
+    """Import heavy third-party packages once, so forked children start warm; never the library itself."""
+    sys.dont_write_bytecode = True  # a same-size mutant written within the same second must not meet a stale .pyc
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except Exception as e:  # noqa: BLE001 - a missing optional package only costs speed
+            print(f"preload {name}: {e}", file=sys.stderr)
+    assert not set(LIBRARY) & set(sys.modules), "the parent must not import the library"
+
+
+def report(plan: Plan, outcome: dict[Mutant, str], root: Path) -> None:
+    """The table, then each survivor with its source line (from the snapshot that was mutated)."""
+    print(f"{'module':40} {'mutants':>7} {'killed':>7} {'timeouts':>9} {'survived':>9} {'score':>7}")
+    survivors = []
+    for spec, found, _ in plan:
+        outs = [outcome[m] for m in found]
+        n, killed, timeouts = len(outs), outs.count("failed"), outs.count("timeout")
+        survivors += [m for m in found if outcome[m] == "passed"]
+        score = f"{100 * (killed + timeouts) / n:.1f}%" if n else "-"
+        print(f"{spec:40} {n:7} {killed:7} {timeouts:9} {n - killed - timeouts:9} {score:>7}")
+    print(f"\nsurvivors ({len(survivors)}):" if survivors else "\nno survivors")
+    for m in survivors:
+        print(f"  {m}\n      {(root / m.path).read_text(encoding='utf-8').splitlines()[m.line - 1].strip()}")
+
+
+def execute(plan: Plan, copies: list[Path], args: argparse.Namespace) -> int:
+    """Baseline (each test file alone, timed), then every mutant; print the report."""
+    t_start = time.monotonic()
+    if missing := [spec for spec, found, tests in plan if found and not tests]:
+        print(f"no test imports {', '.join(missing)}: pass --tests", file=sys.stderr)
+        return 2
+    if not args.no_fork:
+        preload()
+    files = sorted({t for _, found, tests in plan if found for t in tests})
+    base = run([Task(None, [f], 3600) for f in files], copies, not args.no_fork)
+    for i in (i for i, (out, _) in enumerate(base) if out != "passed"):
+        log = (copies[0].parent / "logs" / f"{i}.log").read_text(errors="replace")
+        print(f"baseline {base[i][0]}: {files[i]}\n{log[-3000:]}", file=sys.stderr)
+    if any(out != "passed" for out, _ in base):
+        print("the unmutated tests must pass: stopping", file=sys.stderr)
+        return 1
+    secs = {f: s for f, (_, s) in zip(files, base)}
+    print("baseline: " + ", ".join(f"{f} {s:.1f}s" for f, s in secs.items()), file=sys.stderr)
+    tasks = [Task(m, sorted(tests, key=secs.get), args.timeout or 3 * sum(secs[t] for t in tests) + 30)
+             for _, found, tests in plan for m in found]
+    results = run(tasks, copies, not args.no_fork)
+    report(plan, {t.mutant: out for t, (out, _) in zip(tasks, results)}, copies[0])
+    print(f"\n{len(tasks)} mutants, {time.monotonic() - t_start:.0f}s wall with the baseline, {len(copies)} job(s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--modules", nargs="+", default=list(MODULES), help="path[::name,Class.method] (default: the list)")
+    ap.add_argument("--tests", nargs="+", help="test files for every mutant, instead of those importing its module")
+    ap.add_argument("--max-mutants", type=int, help="a sample of at most N mutants per module (see --seed)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kinds", help="comma-separated subset of compare,arith,and/or,not,bool,kwarg,number,return")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--timeout", type=float, help="seconds per mutant (default: 3x its tests' baseline + 30)")
+    ap.add_argument("--list", action="store_true", help="print the mutants and their test files; run nothing")
+    ap.add_argument("--no-fork", action="store_true", help="a fresh interpreter per run instead of a fork")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (copies, logs)")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="mutation-"))
+    copies = [work / f"w{i}" for i in range(max(1, args.jobs))]
+    try:
+        snapshot(ROOT, copies[0])
+        (work / "logs").mkdir()
+        for c in copies[1:]:
+            shutil.copytree(copies[0], c, symlinks=True)
+        tmap, plan = test_map(copies[0]), []
+        for spec in args.modules:
+            found = mutants(copies[0], spec, set(args.kinds.split(",")) if args.kinds else None)
+            if args.max_mutants is not None and len(found) > args.max_mutants:
+                found = sorted(random.Random(args.seed).sample(found, args.max_mutants), key=lambda m: m.start)
+            mod = spec.split("::")[0].removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+            plan.append((spec, found, args.tests or sorted(t for t, mods in tmap.items() if mod in mods)))
+        if not args.list:
+            return execute(plan, copies, args)
+        for spec, found, tests in plan:
+            print(f"== {spec}: {len(found)} mutants; tests: {' '.join(tests) or 'NONE'}")
+            print("\n".join(f"  {m}" for m in found))
+        print("\n".join(f"{spec:40} {len(found):5}" for spec, found, _ in plan))
+        print(f"{'total':40} {sum(len(found) for _, found, _ in plan):5}")
+        return 0
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
