@@ -123,6 +123,7 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.wall = 0.0
+        self.commit = ckpt.git_commit()  # the code that starts the run (a resume keeps the first one)
         if resume:
             self._restore()
         self.step_model = self._wrap(self.net)
@@ -274,7 +275,7 @@ class Run:
                          batchnorm=self.cfg.batchnorm, dropout=self.cfg.dropout, preprocess=self.pre.to("cpu"),
                          protocol=self.cfg.protocol, epoch=self.epoch, epochs=self.cfg.epochs, metrics=metrics,
                          history=self.history, data=self.data.name, device=f"{dev} x{self.dd.world}",
-                         commit=ckpt.git_commit(), config=dataclasses.asdict(self.cfg))
+                         commit=self.commit, config=dataclasses.asdict(self.cfg))
 
     def _save(self) -> None:
         """Commit this epoch (see ``rundir``), then redraw the curves (derived, so not part of the commit)."""
@@ -297,7 +298,7 @@ class Run:
                 self.opt.state[p]["momentum_buffer"] = state[f"momentum.{i}"].to(self.device)
         if self.ema is not None:
             self.ema.load_state_dict(ckpt.load(self.out)[0].state_dict())
-        self.epoch, self.history = meta.epoch, meta.history
+        self.epoch, self.history, self.commit = meta.epoch, meta.history, meta.commit or self.commit
         self.wall = meta.metrics.get("wall_s") or 0.0
         if self.dd.main:  # derived files may lag the model file after a kill: rewrite them from it
             rundir.restored(self.out, meta)
