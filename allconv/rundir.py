@@ -38,14 +38,18 @@ def is_state_file(name: str) -> bool:
     return bool(_STATE.fullmatch(name)) or name == LEGACY_STATE
 
 
+def _why(e: OSError) -> tuple[str, str]:
+    """A failed write as (what happened, what to do about it)."""
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"it is not writable ({e.strerror})", "make it writable"
+    if e.errno == errno.ENOSPC:
+        return "the disk is full", "free some space"
+    return e.strerror or str(e), "fix that"
+
+
 def _disk_error(out: Path, e: OSError) -> AllconvError:
     """One line for a failed write: what happened, which epoch is safe, how to go on."""
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        why, fix = f"it is not writable ({e.strerror})", "make it writable"
-    elif e.errno == errno.ENOSPC:
-        why, fix = "the disk is full", "free some space"
-    else:
-        why, fix = e.strerror or str(e), "fix that"
+    why, fix = _why(e)
     done = committed_epoch(out) or 0
     saved = f"epoch {done} is saved and intact" if done else "no epoch was finished yet"
     return AllconvError(f"could not write to {out}: {why}; {saved}: {fix}, then continue with "
@@ -62,8 +66,7 @@ def start(out: Path, config: dict[str, Any], name: str = RUN_FILE) -> None:
         clean(out)
         ckpt.write_bytes(out / name, (json.dumps(config, indent=1) + "\n").encode())
     except OSError as e:
-        why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-        raise AllconvError(f"cannot write the run directory {out}: {why}; choose a writable --out") from None
+        raise AllconvError(f"cannot write the run directory {out}: {_why(e)[0]}; choose a writable --out") from None
 
 
 def committed_epoch(out: Path) -> int | None:
