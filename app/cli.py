@@ -1,8 +1,10 @@
-"""``allconv-app``: start the Streamlit app on localhost; extra arguments go to ``streamlit run``
-(e.g. ``allconv-app --server.port 8600``)."""
+"""``allconv-app``: start the Streamlit app on localhost. ``--checkpoint-dir DIR`` and ``--data-root DIR`` (each
+repeatable) name the folders a visitor may open checkpoints and datasets from (see ``app.allow``); other arguments go
+to ``streamlit run`` (e.g. ``allconv-app --server.port 8600``)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -10,12 +12,31 @@ from typing import Sequence
 
 MAIN = Path(__file__).resolve().parent / "main.py"
 DEFAULTS = ["--server.fileWatcherType", "none", "--server.headless", "true", "--server.address", "localhost",
-            "--browser.gatherUsageStats", "false", "--server.maxUploadSize", "5"]
+            "--browser.gatherUsageStats", "false", "--server.maxUploadSize", "5", "--client.showErrorDetails", "none"]
+FOLDER_FLAGS = {"--checkpoint-dir": "ALLCONV_CHECKPOINT_DIR", "--data-root": "ALLCONV_DATA_ROOT"}
 
 
 def command(argv: Sequence[str]) -> list[str]:
     """The ``streamlit run`` command line: our defaults, then the user's arguments (which win)."""
     return [sys.executable, "-m", "streamlit", "run", str(MAIN), *DEFAULTS, *argv]
+
+
+def folders(argv: Sequence[str], environ: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Split our folder flags off ``argv``: (the rest for streamlit, ``environ`` with the folders added)."""
+    ap = argparse.ArgumentParser(prog="allconv-app", add_help=False)
+    for flag in FOLDER_FLAGS:
+        ap.add_argument(flag, action="append", default=[])
+    ours, rest = ap.parse_known_args(argv)
+    env = dict(environ)
+    for flag, var in FOLDER_FLAGS.items():
+        given = getattr(ours, flag[2:].replace("-", "_"))
+        missing = [d for d in given if not Path(d).expanduser().is_dir()]
+        if missing:
+            raise SystemExit(f"allconv-app: {flag} {missing[0]}: no such folder; give an existing directory")
+        if given:
+            old = [env[var]] if env.get(var) else []
+            env[var] = os.pathsep.join(old + [str(Path(d).expanduser().resolve()) for d in given])
+    return rest, env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,9 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] in (["-h"], ["--help"]):
         print(__doc__.strip())
         return 0
-    cmd = command(args)
-    os.execv(cmd[0], cmd)
-    return 0  # pragma: no cover - execv does not return
+    rest, env = folders(args, dict(os.environ))
+    cmd = command(rest)
+    os.execve(cmd[0], cmd, env)
+    return 0  # pragma: no cover - execve does not return
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 * ``ALLCONV_DATA``: dataset for browsing and Figure 2 scans (a path or ``cifar10``);
   default: ``allconv.data.load(None)``.
+* ``ALLCONV_DATA_ROOT``: folder(s) (``os.pathsep``-separated) under which a visitor may name other datasets (``.npz``
+  files, image folders, archives); without it a visitor can pick only the named datasets and ``ALLCONV_DATA``.
 * ``ALLCONV_CHECKPOINT``: the checkpoint selected when the page opens (a .safetensors file or run directory);
   default: the shipped ``checkpoints/all-cnn-c.safetensors``, else the newest local run.
 * ``ALLCONV_CHECKPOINT_DIR``: extra folder(s) (``os.pathsep``-separated) searched for ``*.safetensors`` checkpoints
-  and run directories, besides the shipped ``checkpoints/`` and local ``runs/``.
+  and run directories, besides the shipped ``checkpoints/`` and local ``runs/``. These folders are also the only
+  places (with ``ALLCONV_CHECKPOINT``) from which a visitor may open a checkpoint by path: see ``app.allow``.
 * ``ALLCONV_SCAN_LIMIT``: how many dataset images a Figure 2 scan covers (default 10000, the CIFAR-10 test split).
 * ``ALLCONV_CACHE``: where scans are kept on disk (``<cache>/scans``), shared with ``allconv.data``'s array cache.
 """
@@ -29,10 +32,19 @@ def data_source() -> str:
     return os.environ.get("ALLCONV_DATA", "").strip()
 
 
+def _folders(var: str) -> list[Path]:
+    raw = os.environ.get(var, "")
+    return [Path(p.strip()).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+
+
 def checkpoint_dirs() -> list[Path]:
     """Folders named by ``ALLCONV_CHECKPOINT_DIR``."""
-    raw = os.environ.get("ALLCONV_CHECKPOINT_DIR", "")
-    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    return _folders("ALLCONV_CHECKPOINT_DIR")
+
+
+def data_roots() -> list[Path]:
+    """Folders named by ``ALLCONV_DATA_ROOT``: a visitor's dataset paths must lie under one of them."""
+    return _folders("ALLCONV_DATA_ROOT")
 
 
 def preferred_checkpoint() -> Path | None:

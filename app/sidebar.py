@@ -19,10 +19,13 @@ from allconv.data import Splits
 from allconv.errors import AllconvError
 from allconv.models import layer_names
 
-from . import cache, sources
+from . import allow, cache, sources
 from .config import MAX_UPLOAD_MB, data_source
 
 Q = "query-params"
+UPLOAD_PARAM = "upload"
+UPLOAD_LINK_NOTE = ("this link was shared while an uploaded image was shown; uploads do not travel with links, so "
+                    "this is the dataset image the link names")
 
 
 @dataclass
@@ -55,6 +58,9 @@ def checkpoint_input(sel: Selection) -> None:
     choices = sources.checkpoint_choices()
     default = sources.default_choice(choices)
     options = list(choices)
+    asked = st.query_params.get("checkpoint")
+    if asked is not None and asked not in options and "checkpoint" not in st.session_state:
+        sel.errors.append(allow.NO_CHECKPOINT)  # a link naming something else: the widget falls back to the default
     text = st.sidebar.selectbox("Checkpoint", options, index=options.index(default) if default else None,
                                 key="checkpoint", bind=Q, placeholder="no checkpoint found",
                                 help="shipped nets, $ALLCONV_CHECKPOINT_DIR and local runs")
@@ -76,11 +82,12 @@ def data_input(sel: Selection) -> None:
     """The dataset to browse (``$ALLCONV_DATA`` by default) and its split."""
     sel.source = st.sidebar.text_input("Dataset", value=data_source(), key="data", bind=Q,
                                        placeholder="CIFAR-10 (offline copy)",
-                                       help="empty = CIFAR-10; or an .npz file, an image folder or an archive").strip()
+                                       help="empty = CIFAR-10; or cifar100, or an .npz file, image folder or archive under a "
+                                       "data folder the server offers").strip()
     sel.split = st.sidebar.segmented_control("Split", ["test", "train"], default="test", key="split", bind=Q,
                                              required=True) or "test"
     try:
-        sel.data = cache.dataset(sel.source)
+        sel.data = cache.dataset(allow.open_dataset(sel.source))
     except AllconvError as e:
         sel.errors.append(f"dataset: {e}")
 
@@ -95,13 +102,25 @@ def image_input(sel: Selection) -> None:
             uploaded = sources.from_upload(upload.name, upload.getvalue())
         except AllconvError as e:
             problem = str(e)
-    if uploaded is not None:
-        st.sidebar.caption("Showing the upload: remove it to browse the dataset again.")
+    _mark_upload(sel, uploaded)
     if sel.data is not None:
         _dataset_image(sel, sel.data)
     if problem is not None:
         sel.errors.append(f"{problem} (showing the dataset image instead)" if sel.picked else problem)
     sel.picked = uploaded or sel.picked
+
+
+def _mark_upload(sel: Selection, uploaded: sources.Picked | None) -> None:
+    """Say in the URL that an upload is shown (``upload=<digest>``): a link cannot carry the picture, so whoever opens
+    it is told they see the dataset image instead of what the sender saw."""
+    if uploaded is not None:
+        st.sidebar.caption("Showing the upload: remove it to browse the dataset again.")
+        st.query_params[UPLOAD_PARAM] = uploaded.key.split(":", 1)[1]
+    elif UPLOAD_PARAM in st.query_params:
+        del st.query_params[UPLOAD_PARAM]
+        if "upload_seen" not in st.session_state:
+            sel.notes.append(UPLOAD_LINK_NOTE)
+    st.session_state["upload_seen"] = True
 
 
 def _dataset_image(sel: Selection, data: Splits) -> None:

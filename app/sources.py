@@ -18,6 +18,7 @@ from allconv import checkpoint, rundir
 from allconv.data import Splits, load_image
 from allconv.errors import AllconvError
 
+from . import allow
 from .config import MAX_UPLOAD_MB, MAX_UPLOAD_PIXELS, checkpoint_dirs, preferred_checkpoint
 
 REPO = checkpoint.REPO
@@ -27,12 +28,15 @@ TRAIN_HINT = ("no trained checkpoint found: train one with `allconv-train --mode
 
 
 def label(path: Path) -> str:
-    """A short, URL-friendly name for a checkpoint path."""
+    """A short, URL-friendly name for a checkpoint path: relative to the repository, else to the checkpoint folder
+    that holds it (prefixed by the folder's name), so no server path reaches the page."""
     p = Path(path).resolve()
-    try:
+    if p.is_relative_to(REPO):
         return str(p.relative_to(REPO))
-    except ValueError:
-        return str(p)
+    for root in sorted(allow.checkpoint_roots(), key=lambda r: len(str(r)), reverse=True):
+        if p.is_relative_to(root):
+            return str(Path(root.name) / p.relative_to(root))
+    return p.name
 
 
 def _in_dir(folder: Path) -> list[Path]:
@@ -44,14 +48,14 @@ def _in_dir(folder: Path) -> list[Path]:
 
 def checkpoint_choices() -> dict[str, Path]:
     """Every checkpoint on offer, by label: ``ALLCONV_CHECKPOINT``, shipped ones, ``ALLCONV_CHECKPOINT_DIR``, then
-    local runs (newest first)."""
+    local runs (newest first); a symlink that leads out of the allowed folders is left out."""
     first = preferred_checkpoint()
     found = ([first] if first is not None else []) + checkpoint.shipped()
     for folder in checkpoint_dirs():
         found += _in_dir(folder)
     for root in dict.fromkeys([Path("runs").resolve(), REPO / "runs"]):
         found += checkpoint.local_runs(root)
-    return {label(p): p for p in dict.fromkeys(p.resolve() for p in found)}
+    return {label(p): p for p in dict.fromkeys(p.resolve() for p in found) if allow.offered(p)}
 
 
 def default_choice(choices: dict[str, Path]) -> str | None:
@@ -64,11 +68,12 @@ def default_choice(choices: dict[str, Path]) -> str | None:
 
 
 def resolve(text: str, choices: dict[str, Path]) -> Path:
-    """A label from ``choices`` or a user-typed path (to a .safetensors file or a run directory)."""
+    """A label from ``choices`` or a user-typed path (to a .safetensors file or a run directory), if the allowlist
+    (``app.allow``) holds it."""
     text = text.strip()
     if not text:
         raise AllconvError(TRAIN_HINT)
-    return choices.get(text) or Path(text).expanduser()
+    return allow.open_checkpoint(text, choices)
 
 
 def stamp(path: Path) -> str:
@@ -77,7 +82,7 @@ def stamp(path: Path) -> str:
     try:
         st = f.stat()
     except OSError:
-        raise AllconvError(f"checkpoint not found: {path} (pass a run directory or a .safetensors file)") from None
+        raise AllconvError(f"checkpoint not found: {label(path)} (pass a run directory or a .safetensors file)") from None
     return f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 

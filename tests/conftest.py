@@ -44,3 +44,19 @@ def cifar10(cifar10_npz: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory
     """The CIFAR-10 copy as a ``--data`` argument, its decoded arrays cached in a temp dir (never the user's cache)."""
     monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path_factory.getbasetemp() / "allconv-cache"))
     return str(cifar10_npz)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The app tests' tiny checkpoint and dataset (see tests/appkit.py), made once per module."""
+    from appkit import make_assets
+
+    return make_assets(tmp_path_factory.mktemp("app"))
+
+
+@pytest.fixture()
+def env(assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """The app pointed at the tiny assets only: the repository's shipped checkpoints and local runs are hidden."""
+    from appkit import point_app
+
+    return point_app(assets, monkeypatch)

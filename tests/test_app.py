@@ -1,126 +1,16 @@
-"""The Streamlit app through ``AppTest``: every view, widget path and error path, asserting on what the page shows.
-
-A tiny random All-CNN-C checkpoint and a 40-image .npz dataset are made once per module in a temp dir; the app finds
-them through ALLCONV_CHECKPOINT_DIR / ALLCONV_DATA (ALLCONV_CACHE keeps its caches in the temp dir too).
-"""
+"""The Streamlit app's views through ``AppTest``: every view and widget path, asserting on what the page shows."""
 
 from __future__ import annotations
 
-import base64
-import io
-import json
-import struct
 import threading
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from streamlit.testing.v1 import AppTest
 
-from allconv.checkpoint import Meta, save
-from allconv.errors import AllconvError
 from allconv.models import create
-from allconv.preprocess import Preprocess
-
-MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """tiny.npz (20 train / 20 test images, 2 per class) and ckpts/tiny.safetensors (random All-CNN-C)."""
-    root = tmp_path_factory.mktemp("app")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    y = np.arange(40) % 10
-    np.savez(root / "tiny.npz", x_train=x[:20], y_train=y[:20], x_test=x[20:], y_test=y[20:],
-             label_names=np.array(CLASSES))
-    torch.manual_seed(0)
-    pre = Preprocess.fit("standardize", torch.from_numpy(x).permute(0, 3, 1, 2))
-    history = [{"epoch": e, "train_loss": 2.3 - 0.1 * e, "train_acc": 0.1 + 0.05 * e, "val_acc": 0.1 + 0.04 * e,
-                "test_acc": None, "lr": 0.01, "time": 1.0} for e in range(1, 6)]
-    save(root / "ckpts" / "tiny.safetensors", create("all-cnn-c"),
-         Meta(model="all-cnn-c", classes=CLASSES, preprocess=pre, metrics={"test_acc": 0.42}, history=history))
-    return {"root": root, "data": root / "tiny.npz", "ckpts": root / "ckpts",
-            "ckpt": root / "ckpts" / "tiny.safetensors"}
-
-
-@pytest.fixture()
-def env(assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """The app pointed at the tiny assets only: the repository's shipped checkpoints and local runs are hidden."""
-    import allconv.checkpoint
-    import app.sources
-
-    monkeypatch.setattr(allconv.checkpoint, "SHIPPED_DIR", assets["root"] / "no-shipped")
-    monkeypatch.setattr(app.sources, "REPO", assets["root"])
-    monkeypatch.chdir(assets["root"])
-    monkeypatch.setenv("ALLCONV_CHECKPOINT", str(assets["ckpt"]))
-    monkeypatch.setenv("ALLCONV_DATA", str(assets["data"]))
-    monkeypatch.setenv("ALLCONV_CHECKPOINT_DIR", str(assets["ckpts"]))
-    monkeypatch.setenv("ALLCONV_SCAN_LIMIT", "20")
-    monkeypatch.setenv("ALLCONV_CACHE", str(assets["root"] / "cache"))
-    return assets
-
-
-def run(query: dict[str, str] | None = None) -> AppTest:
-    at = AppTest.from_file(str(MAIN), default_timeout=60)
-    at.query_params.update(query or {})
-    return at.run()
-
-
-def captions(at: AppTest) -> list[str]:
-    return [c for img in at.image for c in img.captions]
-
-
-def image_urls(at: AppTest) -> list[str]:
-    return [u for img in at.image for u in img.value]
-
-
-def grid_spec(at: AppTest) -> dict:
-    """The Image view's clickable grid: the Vega-Lite spec of its one chart (the grid PNG inside, one box per tile)."""
-    charts = at.get("vega_lite_chart")
-    assert len(charts) == 1, f"{len(charts)} charts"
-    return json.loads(charts[0].proto.spec)
-
-
-def grid_png(at: AppTest) -> bytes:
-    """The grid picture the Image view sends: the PNG inside the chart's data URL."""
-    url = grid_spec(at)["layer"][0]["data"]["values"][0]["url"]
-    assert url.startswith("data:image/png;base64,"), url[:40]
-    return base64.b64decode(url.split(",", 1)[1])
-
-
-def grid_caption(at: AppTest) -> str:
-    return next(c.value for c in at.caption if "each filter's reconstruction" in c.value)
-
-
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
-
-
-def ok(at: AppTest) -> AppTest:
-    """No exception box and no error message on the page."""
-    assert not at.exception, [e.value for e in at.exception]
-    assert not errors(at), errors(at)
-    return at
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that promises width x height pixels (header only): a few bytes that would decode to gigabytes."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
-
-
-def png_bytes(size: tuple[int, int] = (50, 40), mode: str = "RGBA") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, (200, 30, 30, 255) if mode == "RGBA" else 120).save(buf, format="PNG")
-    return buf.getvalue()
-
+from appkit import (CLASSES, captions, errors, grid_caption, grid_png, grid_spec, image_urls, ok, png_bytes, png_header,
+                    run)
 
 # --- Image view ----------------------------------------------------------------------------------------------------
 
@@ -198,6 +88,18 @@ def test_upload_replaces_the_dataset_image(env: dict[str, Path]) -> None:
     at.run()
     assert captions(ok(at))[0] == "uploaded red.png (resized to 32x32)"
     assert "Showing the upload" in at.sidebar.caption[0].value
+    digest = at.query_params["upload"]
+    assert len(digest) == 16  # the URL says an upload is shown
+
+
+def test_a_link_shared_from_an_upload_says_so(env: dict[str, Path]) -> None:
+    from app.sidebar import UPLOAD_LINK_NOTE
+
+    at = run({"upload": "0123456789abcdef", "image": "1"})
+    assert not at.exception and [w.value for w in at.warning] == [UPLOAD_LINK_NOTE]
+    assert captions(ok(at))[0] == "tiny test #1 (automobile)" and "upload" not in at.query_params
+    at.run()
+    assert not at.warning  # said once
 
 
 @pytest.mark.parametrize("name,data,message", [
@@ -216,94 +118,6 @@ def test_bad_upload_is_one_error_and_the_page_keeps_working(env: dict[str, Path]
     assert len(errors(at)) == 1 and message in errors(at)[0]
     assert captions(at)[0] == "tiny test #0 (airplane)"  # falls back to the dataset image
     assert len(at.image) == 6 and grid_spec(at)
-
-
-# --- Checkpoints and data: error paths -----------------------------------------------------------------------------
-
-@pytest.mark.parametrize("kind,message", [
-    ("missing", "checkpoint not found"),
-    ("corrupt", "corrupt or truncated"),
-    ("foreign", "not an allconv checkpoint"),
-    ("pickle", "never unpickles"),
-])
-def test_bad_checkpoint_path_is_one_error(env: dict[str, Path], tmp_path: Path, kind: str, message: str) -> None:
-    from safetensors.torch import save_file
-
-    path = tmp_path / f"{kind}.safetensors"
-    if kind == "corrupt":
-        path.write_bytes(env["ckpt"].read_bytes()[:5000])
-    elif kind == "foreign":
-        save_file({"w": torch.zeros(3)}, str(path))
-    elif kind == "pickle":
-        path = tmp_path / "weights.pt"
-        torch.save({"w": torch.zeros(3)}, path)
-    at = run()
-    at.sidebar.text_input(key="checkpoint_path").input(str(path)).run()
-    assert not at.exception
-    assert len(errors(at)) == 1 and message in errors(at)[0], errors(at)
-    assert "Pick a checkpoint" in at.info[0].value
-    at.segmented_control(key="view").set_value("Models").run()  # the rest keeps working
-    assert at.dataframe[0].value.shape[0] == 12
-
-
-def test_no_checkpoint_says_how_to_get_one(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.sources
-
-    monkeypatch.setattr(app.sources, "checkpoint_choices", lambda: {})
-    at = run()
-    assert not at.exception
-    assert not errors(at) and len(at.warning) == 1 and "allconv-train --model all-cnn-c" in at.warning[0].value
-    at.segmented_control(key="view").set_value("Models").run()
-    assert at.dataframe[0].value["paper error %"].tolist()[-1] == 9.08
-
-
-def test_without_shipped_checkpoint_the_newest_run_is_picked(env: dict[str, Path], tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    import app.sources
-    from allconv.checkpoint import load
-
-    model, meta = load(env["ckpt"])
-    for age, name in enumerate(["new", "old"]):
-        f = save(tmp_path / "runs" / name, model, meta)
-        os.utime(f, (1e9 - age, 1e9 - age))
-    monkeypatch.setattr(app.sources, "REPO", tmp_path)
-    monkeypatch.delenv("ALLCONV_CHECKPOINT")
-    at = ok(run())
-    assert at.sidebar.selectbox(key="checkpoint").value == "runs/new"
-    assert "runs/old" in at.sidebar.selectbox(key="checkpoint").options
-
-
-def test_typed_run_directory_works(env: dict[str, Path], tmp_path: Path) -> None:
-    from allconv.checkpoint import load
-
-    model, meta = load(env["ckpt"])
-    save(tmp_path / "run1", model, meta)
-    at = run({"checkpoint_path": str(tmp_path / "run1")})
-    assert captions(ok(at))[0] == "tiny test #0 (airplane)"
-
-
-def test_missing_dataset_is_one_error_and_upload_still_works(env: dict[str, Path],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALLCONV_DATA", str(env["root"] / "nowhere.npz"))
-    at = run()
-    assert not at.exception
-    assert len(errors(at)) == 1 and "dataset" in errors(at)[0] and "not found" in errors(at)[0]
-    assert "upload one" in at.info[0].value
-    at.sidebar.file_uploader(key="upload").upload("red.png", png_bytes(), "image/png")
-    at.run()
-    assert captions(at)[0] == "uploaded red.png (resized to 32x32)" and len(at.image) == 6
-    at.segmented_control(key="view").set_value("Layer").run()
-    assert "needs a dataset" in at.info[0].value
-
-
-def test_dataset_text_field_overrides_env(env: dict[str, Path], tmp_path: Path) -> None:
-    x = np.full((4, 32, 32, 3), 7, np.uint8)
-    np.savez(tmp_path / "other.npz", x_train=x, y_train=np.arange(4), x_test=x, y_test=np.arange(4))
-    at = run({"data": str(tmp_path / "other.npz")})
-    assert captions(ok(at))[0] == "other test #0 (0)"
-
 
 # --- Other views ---------------------------------------------------------------------------------------------------
 
@@ -397,62 +211,3 @@ def test_concurrent_sessions_get_their_own_method(env: dict[str, Path]) -> None:
     for t in threads:
         t.join()
     assert got == alone and alone["guided"] != alone["backprop"]
-
-
-# --- Pieces without Streamlit --------------------------------------------------------------------------------------
-
-def test_chunked_scan_equals_one_pass(env: dict[str, Path]) -> None:
-    from app import scans
-    from vis import figure2
-
-    model = create("all-cnn-c").eval()
-    images = torch.randint(0, 256, (23, 3, 32, 32), dtype=torch.uint8)
-    pre = Preprocess.fit("standardize", images)
-    seen: list[tuple[int, int]] = []
-    chunked = scans.compute(model, images, pre, "conv3", "test", progress=lambda d, t: seen.append((d, t)), chunk=10)
-    whole = figure2.scan(model, images, pre, layer="conv3", top_k=9, progress=False)
-    assert seen == [(10, 23), (20, 23), (23, 23)] and chunked.num_images == 23
-    np.testing.assert_allclose(chunked.values, whole.values, rtol=1e-5)
-    np.testing.assert_array_equal(chunked.image_index, whole.image_index)
-    np.testing.assert_array_equal(chunked.boxes, whole.boxes)
-
-
-def test_sources_and_config(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from allconv.data import load
-    from app import config, sources
-
-    assert sources.label(env["ckpt"]) in sources.checkpoint_choices()
-    splits = load(env["data"])
-    picked = sources.from_dataset(splits, "x", "test", "cat", 1)
-    assert picked.image.shape == (3, 32, 32) and picked.label == 3 and picked.key == "data:x:test:13"
-    with pytest.raises(AllconvError, match="out of range"):
-        sources.from_dataset(splits, "x", "test", "cat", 2)
-    with pytest.raises(AllconvError, match="unknown class"):
-        sources.class_indices(splits, "test", "zebra")
-    up = sources.from_upload("g.png", png_bytes((7, 9), "L"))
-    assert up.image.shape == (3, 32, 32) and up.image.dtype == torch.uint8
-    monkeypatch.setenv("ALLCONV_SCAN_LIMIT", "0")
-    with pytest.raises(AllconvError, match="positive integer"):
-        config.scan_limit()
-    monkeypatch.delenv("ALLCONV_SCAN_LIMIT")
-    assert config.scan_limit() == config.DEFAULT_SCAN_LIMIT
-
-
-def test_cli_command_passes_args_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app import cli
-
-    cmd = cli.command(["--server.port", "8999"])
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("app/main.py")
-    assert cmd[cmd.index("--server.fileWatcherType") + 1] == "none" and cmd[-2:] == ["--server.port", "8999"]
-    calls: list[list[str]] = []
-    monkeypatch.setattr(cli.os, "execv", lambda exe, args: calls.append(args))
-    assert cli.main(["--server.port", "8999"]) == 0 and calls == [cmd]
-    assert cli.main(["--help"]) == 0
-
-
-def test_streamlit_config() -> None:
-    import tomllib
-
-    cfg = tomllib.loads((MAIN.parents[1] / ".streamlit" / "config.toml").read_text())
-    assert cfg["server"]["fileWatcherType"] == "none" and cfg["server"]["maxUploadSize"] == 5
-    assert cfg["server"]["headless"] is True and cfg["browser"]["gatherUsageStats"] is False

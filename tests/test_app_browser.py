@@ -28,6 +28,7 @@ from PIL import Image
 from allconv.checkpoint import Meta, save
 from allconv.models import create
 from allconv.preprocess import Preprocess
+from app.allow import NO_CHECKPOINT, NO_DATASET
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -69,7 +70,12 @@ def _assets(root: Path) -> dict[str, str]:
     history = [{"epoch": e, "train_loss": 2.3 / e, "train_acc": 0.1 * e, "val_acc": 0.09 * e} for e in range(1, 4)]
     save(root / "ckpts" / "tiny.safetensors", create("all-cnn-c"),
          Meta(model="all-cnn-c", classes=CLASSES, preprocess=pre, metrics={"test_acc": 0.3}, history=history))
+    (root / "outside").mkdir()
+    shutil.copy(root / "ckpts" / "tiny.safetensors", root / "outside" / "real.safetensors")
+    (root / "inside").mkdir()
+    (root / "inside" / "link.safetensors").symlink_to(root / "outside" / "real.safetensors")
     return {"ALLCONV_DATA": str(root / "tiny.npz"), "ALLCONV_CHECKPOINT": str(root / "ckpts" / "tiny.safetensors"),
+            "ALLCONV_CHECKPOINT_DIR": str(root / "inside"), "ALLCONV_DATA_ROOT": str(root / "inside"),
             "ALLCONV_SCAN_LIMIT": "20", "ALLCONV_CACHE": str(root / "cache")}
 
 
@@ -196,6 +202,33 @@ def test_app_in_a_real_browser(app_url: str, tmp_path: Path) -> None:
         finally:
             browser.close()
     assert (tmp_path / "app-image-view.png").stat().st_size > 10_000
+
+
+HOSTILE = {"checkpoint_path=/etc/passwd": NO_CHECKPOINT, "checkpoint_path=../../../../etc/passwd": NO_CHECKPOINT,
+           "checkpoint_path=/proc/self/environ": NO_CHECKPOINT, "checkpoint=/etc/passwd": NO_CHECKPOINT,
+           "checkpoint_path=IN/link.safetensors": NO_CHECKPOINT, "data=/": NO_DATASET, "data=/usr": NO_DATASET,
+           "data=../../../etc": NO_DATASET}
+
+
+def test_hostile_links_in_a_real_browser(app_url: str, tmp_path: Path) -> None:
+    """Each link gets its one neutral message, no traceback and no server path; the page keeps working."""
+    from urllib.parse import quote
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            for link, message in HOSTILE.items():
+                key, value = link.split("=", 1)
+                page.goto(f"{app_url}/?view=Filters&{key}={quote(value.replace('IN', str(tmp_path / 'inside')))}")
+                _settle(page, message.split(":")[0])
+                text = page.inner_text("body")
+                assert "Traceback" not in text and str(tmp_path) not in text, link
+                assert not any(p in text for p in ("/etc", "/proc", "/usr", str(REPO))), link
+        finally:
+            browser.close()
 
 
 def test_missing_browser_fails_under_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

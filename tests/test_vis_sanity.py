@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from allconv.errors import AllconvError
 from allconv.models import create
-from vis.sanity import pearson, randomization_check, spearman
+from vis.sanity import _mean, pearson, randomization_check, spearman
 
 
 def _spearman_by_hand(a: list[float], b: list[float]) -> float:
@@ -29,8 +31,9 @@ def test_correlations() -> None:
     assert got[1].item() == pytest.approx(-1.0)
     assert spearman(a, a.exp()).tolist() == pytest.approx([1.0, 1.0])  # monotone: rank correlation 1
     assert pearson(a, 2 * a + 1).tolist() == pytest.approx([1.0, 1.0])
-    assert pearson(a, torch.zeros_like(a)).tolist() == [0.0, 0.0]
+    assert pearson(a, torch.zeros_like(a)).isnan().all()  # a blank map against a real one: undefined, not 0
     assert pearson(torch.zeros(1, 4), torch.zeros(1, 4)).tolist() == [1.0]  # identical constant maps
+    assert _mean(torch.tensor([float("nan"), 0.5, 0.25])) == 0.375 and math.isnan(_mean(torch.full((2,), math.nan)))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from .reconstruct import Position, reconstruct_at
 
 @dataclass
 class Result:
-    """``stages[s]`` names what is randomized at stage s; per method, one similarity per stage and the maps."""
+    """``stages[s]`` names what is randomized at stage s; per method, one similarity per stage (NaN where every
+    image's map is constant and differs from the trained one: undefined) and the maps."""
 
     stages: list[str]
     spearman: dict[str, list[float]] = field(default_factory=dict)
@@ -44,18 +45,25 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of each row of ``a`` with the same row of ``b``; where a row is constant: 1 if the two
-    rows are identical (e.g. both all-zero maps), else 0."""
-    same = (a == b).all(-1).double()
+    """Pearson correlation of each row of ``a`` with the same row of ``b``; identical rows give exactly 1. Where a row
+    is constant the correlation is undefined: 1 if the two rows are identical (e.g. both all-zero maps), else NaN, never 0, which would read as
+    "completely changed" (guided and backprop maps go blank above a dead layer)."""
+    same = (a == b).all(-1)
     a = a.double() - a.double().mean(-1, keepdim=True)
     b = b.double() - b.double().mean(-1, keepdim=True)
     denom = a.norm(dim=-1) * b.norm(dim=-1)
-    return torch.where(denom > 0, (a * b).sum(-1) / denom.clamp_min(1e-300), same)
+    r = torch.where(denom > 0, (a * b).sum(-1) / denom.clamp_min(1e-300), torch.nan)
+    return torch.where(same, 1.0, r)  # identical rows: exactly 1, not 1 - 1 ulp
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation of each row of ``a`` with the same row of ``b`` (average ranks for ties)."""
     return pearson(_ranks(a), _ranks(b))
+
+
+def _mean(r: torch.Tensor) -> float:
+    """Mean over the images whose correlation is defined; NaN when none is (every map constant)."""
+    return float(r.nanmean()) if not r.isnan().all() else float("nan")
 
 
 def _conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -113,6 +121,6 @@ def randomization_check(model: nn.Module, images: torch.Tensor, *, layer: str | 
         stack = torch.stack(maps[m])
         flat = stack.reshape(len(stages), len(images), -1)
         result.maps[m] = stack
-        result.spearman[m] = [float(spearman(flat[s].abs(), flat[0].abs()).mean()) for s in range(len(stages))]
-        result.pearson[m] = [float(pearson(flat[s], flat[0]).mean()) for s in range(len(stages))]
+        result.spearman[m] = [_mean(spearman(flat[s].abs(), flat[0].abs())) for s in range(len(stages))]
+        result.pearson[m] = [_mean(pearson(flat[s], flat[0])) for s in range(len(stages))]
     return result

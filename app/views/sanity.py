@@ -12,6 +12,7 @@ from .. import cache
 from ..sidebar import Selection
 
 UNITS = ("class", "filter")
+UNDEFINED = "undefined: constant map"  # a blank map has no rank order to compare: not "completely changed" (0)
 
 
 def render(sel: Selection, x: torch.Tensor | None) -> None:
@@ -30,8 +31,10 @@ def render(sel: Selection, x: torch.Tensor | None) -> None:
     df = pd.DataFrame(similarity, index=pd.Index(stages, name="randomized"))
     st.line_chart(df.reset_index(drop=True), x_label="stage: 0 = trained, k = top k convs re-randomized",
                   y_label="Spearman |map| vs trained")
-    st.dataframe(df.round(3))
+    st.dataframe(df.style.format("{:.3f}", na_rep=UNDEFINED))
     st.image(png, caption="maps per method (rows) as more layers are re-randomized (columns)", output_format="PNG")
     st.caption("A method that explains the model should change when the weights do: guided backprop and deconvnet "
                "are known to stay similar (they partly reconstruct the image), plain backprop changes. For a filter, "
-               "randomizing the layers above it changes nothing by construction.")
+               "randomizing the layers above it changes nothing by construction. "
+               f"\"{UNDEFINED}\" (a gap in the chart): a randomized net's map is blank, so there is no order "
+               "to correlate.")
