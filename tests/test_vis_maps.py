@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from PIL import Image
@@ -62,6 +64,75 @@ def test_activation_errors(allcnn) -> None:
         activations(allcnn, torch.zeros(1, 3, 32, 32), "fc")
     with pytest.raises(AllconvError, match="float"):
         activations(allcnn, torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "conv1")
+
+
+class Gate(nn.Module):
+    """Identity; the first time ``owner`` calls it, it waits for ``other`` to run its forwards (so they overlap)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owner, self.reached, self.resume = threading.get_ident(), threading.Event(), threading.Event()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if threading.get_ident() == self.owner and not self.reached.is_set():
+            self.reached.set()
+            self.resume.wait(20)
+        return z
+
+
+def _gated_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), Gate(), nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(5, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+
+
+def _while_vis_runs(model: nn.Sequential, vis_call, x: torch.Tensor) -> tuple[object, list]:
+    """Run ``vis_call()`` here; while it is paused at the gate, another thread runs plain forwards and backwards."""
+    gate, seen = model[2], []
+    gate.owner = threading.get_ident()
+    gate.reached.clear()
+    gate.resume.clear()
+
+    def other() -> None:
+        try:
+            assert gate.reached.wait(20)
+            for _ in range(3):
+                leaf = x.clone().requires_grad_(True)
+                out = model(leaf)
+                seen.append((out.detach(), torch.autograd.grad(out[:, 1].sum(), leaf)[0], model.training))
+        except BaseException as e:  # vis's old stop signal was a BaseException: report whatever it is
+            seen.append(e)
+        finally:
+            gate.resume.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        got = vis_call()
+    finally:
+        t.join(30)
+    return got, seen
+
+
+@pytest.mark.parametrize("what", ["activations", "guided reconstruct"])
+def test_another_thread_using_the_model_while_vis_runs(what: str) -> None:
+    """vis's stop-at-the-layer hook and backward rule reach only vis's own call; the eval switch is visible (doc)."""
+    model = _gated_net().train()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    call = {"activations": lambda: activations(model, x, "4"),
+            "guided reconstruct": lambda: reconstruct(model, x, method="guided", layer="4", channel=2)}[what]
+    model[2].reached.set()  # no pause: the single-threaded answers
+    alone = call()
+    leaf = x.clone().requires_grad_(True)
+    plain_out = model(leaf)
+    plain_grad = torch.autograd.grad(plain_out[:, 1].sum(), leaf)[0]
+    got, seen = _while_vis_runs(model, call, x)
+    assert torch.equal(got, alone)
+    assert len(seen) == 3, seen  # every forward of the other thread ran to the end
+    for out, grad, training in seen:
+        assert torch.equal(out, plain_out.detach()) and torch.equal(grad, plain_grad)
+        assert not training  # documented: the model's flags are shared, so the other thread sees eval meanwhile
+    assert model.training
 
 
 ALL_CNN_C_RF = {"conv1": 3, "conv2": 5, "conv3": 7, "conv4": 11, "conv5": 15, "conv6": 19, "conv7": 27, "conv8": 27,

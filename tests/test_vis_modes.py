@@ -1,4 +1,5 @@
-"""vis.modes: the three ReLU backward rules, on every way of calling a relu, and the refusal of other activations."""
+"""vis.modes: the three ReLU backward rules, on every way of calling or spelling a relu; other activations and clamps
+that are not ReLUs refused."""
 
 from __future__ import annotations
 
@@ -132,3 +133,100 @@ def test_no_grad_calls_pass_through() -> None:
         y = x.clone()
         F.relu(y, inplace=True)
     assert torch.equal(y, torch.tensor([0.0, 2.0]))
+
+
+# --- a ReLU spelled as a clamp, a threshold, a maximum against zero or an aten op gets the rule too ----------------
+
+Z = torch.zeros((), dtype=torch.float64)
+RELU_SPELLINGS = {
+    "Tensor.clamp(min=0)": lambda z: z.clamp(min=0),
+    "torch.clamp(z, 0)": lambda z: torch.clamp(z, 0),
+    "torch.clamp(min=0.0, max=None)": lambda z: torch.clamp(z, min=0.0, max=None),
+    "Tensor.clamp_(min=0)": lambda z: z.clamp_(min=0),
+    "torch.clip(z, 0)": lambda z: torch.clip(z, 0),
+    "Tensor.clip_(0)": lambda z: z.clip_(0),
+    "torch.clamp_min": lambda z: torch.clamp_min(z, 0),
+    "Tensor.clamp_min": lambda z: z.clamp_min(0),
+    "Tensor.clamp_min_": lambda z: z.clamp_min_(0),
+    "clamp(min=zero tensor)": lambda z: z.clamp(min=Z),
+    "F.threshold(z, 0, 0)": lambda z: F.threshold(z, 0.0, 0.0),
+    "F.threshold(inplace)": lambda z: F.threshold(z, 0, 0, inplace=True),
+    "F.threshold_": lambda z: F.threshold_(z, 0, 0),
+    "nn.Threshold(0, 0)": lambda z: nn.Threshold(0, 0)(z),
+    "torch.maximum(z, 0)": lambda z: torch.maximum(z, Z),
+    "torch.maximum(zeros, z)": lambda z: torch.maximum(torch.zeros(7, dtype=torch.float64), z),
+    "Tensor.maximum": lambda z: z.maximum(Z),
+    "torch.max(z, 0)": lambda z: torch.max(z, Z),
+    "torch.fmax(z, 0)": lambda z: torch.fmax(z, Z),
+    "aten.relu": lambda z: torch.ops.aten.relu(z),
+    "aten.relu_.default": lambda z: torch.ops.aten.relu_.default(z),
+    "aten.clamp_min": lambda z: torch.ops.aten.clamp_min(z, 0),
+    "aten.threshold": lambda z: torch.ops.aten.threshold(z, 0, 0),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("call", list(RELU_SPELLINGS))
+def test_rule_applies_to_every_relu_spelling(method: str, call: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    g = torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    got = _grad_through(RELU_SPELLINGS[call], method, x, g)
+    assert torch.equal(got, RULES[method](g, x))
+    with backward_mode(method):  # the forward is torch's own op, bit for bit
+        out = RELU_SPELLINGS[call](x.clone().requires_grad_(True) * 1.0)
+    assert torch.equal(out, RELU_SPELLINGS[call](x.clone()))
+
+
+def test_maximum_against_a_larger_zero_tensor_sums_over_the_broadcast() -> None:
+    x = torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64)
+    g = torch.tensor([[1.0, -2.0, 3.0], [4.0, 5.0, -6.0]], dtype=torch.float64)
+    got = _grad_through(lambda z: torch.maximum(z, torch.zeros(2, 3, dtype=torch.float64)), "guided", x, g)
+    assert torch.equal(got, RULES["guided"](g, x.expand(2, 3)).sum(0))
+
+
+NOT_RELUS = {
+    "clamp(min=0.5)": lambda z: z.clamp(min=0.5),
+    "clamp(0, 6) (relu6)": lambda z: torch.clamp(z, 0, 6),
+    "clip(-1, 1) (hardtanh)": lambda z: z.clip(-1, 1),
+    "clamp(max=0)": lambda z: z.clamp(max=0),
+    "clamp_max": lambda z: torch.clamp_max(z, 1.0),
+    "clamp_min(0.1)": lambda z: z.clamp_min(0.1),
+    "clamp(min=tensor that needs grad)": lambda z: torch.clamp(z.detach(), min=z),
+    "threshold(0.1, 0)": lambda z: F.threshold(z, 0.1, 0.0),
+    "threshold(0, -1)": lambda z: F.threshold(z, 0.0, -1.0),
+    "maximum(z, ones)": lambda z: torch.maximum(z, torch.ones(())),
+    "maximum(z, z2) (maxout)": lambda z: torch.maximum(z, z * 2),
+    "minimum(z, 0)": lambda z: torch.minimum(z, torch.zeros(())),
+    "min(z, 0)": lambda z: z.min(torch.zeros(())),
+    "aten.hardtanh": lambda z: torch.ops.aten.hardtanh(z),
+    "F.hardtanh": lambda z: F.hardtanh(z),
+    "F.relu6": lambda z: F.relu6(z),
+}
+
+
+@pytest.mark.parametrize("call", list(NOT_RELUS))
+def test_clamps_that_are_not_relus_refused_except_for_backprop(call: str) -> None:
+    x = torch.randn(3, 4, requires_grad=True)
+    for method in ("guided", "deconvnet"):
+        with pytest.raises(AllconvError, match="not a ReLU; use method='backprop'"), backward_mode(method):
+            NOT_RELUS[call](x * 1.0)
+    with backward_mode("backprop"):
+        NOT_RELUS[call](x * 1.0).sum().backward()
+    assert x.grad is not None
+
+
+def test_reductions_and_constant_clamps_pass_through() -> None:
+    """max/min reductions (max-pool's switch gradient) and clamps of tensors needing no gradient: the plain gradient."""
+    x = torch.tensor([[-1.0, 3.0], [2.0, -4.0]], dtype=torch.float64)
+
+    def f(leaf: torch.Tensor) -> torch.Tensor:
+        k = torch.tensor([0.5, -0.5], dtype=torch.float64).clamp(0, 0.25)  # needs no gradient: not refused
+        return (leaf.max(dim=1).values * 2.0).sum() + leaf.max() - torch.min(leaf, 0).values.sum() + (leaf * k).sum()
+
+    leaf = x.clone().requires_grad_(True)
+    with backward_mode("guided"):
+        y = f(leaf)
+    # by hand: 2 at each row's max, 1 at the global max, -1 at each column's min, + k = [0.25, 0] on every row
+    expect = torch.tensor([[-1.0 + 0.25, 2.0 + 1.0], [2.0 + 0.25, -1.0]], dtype=torch.float64)
+    assert torch.equal(torch.autograd.grad(y, leaf)[0], expect)

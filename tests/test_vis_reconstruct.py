@@ -75,6 +75,38 @@ def test_chain_net_matches_hand_reference(method, layer, upto, channel, position
     torch.testing.assert_close(got, ref, atol=1e-10, rtol=0)
 
 
+def _fully_convolutional() -> nn.Sequential:
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3, padding=1),
+                         nn.ReLU(), nn.Conv2d(5, 3, 1)).double().eval()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("position", [(1, 6), None, "max"])
+def test_position_picks_the_unit_in_a_4d_model_output(method, position) -> None:
+    """layer=None on a fully convolutional net: the output is a map, and ``position`` picks its unit."""
+    net = _fully_convolutional()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    got = reconstruct(net, x, method=method, layer=None, channel=1, position=position)
+    ref = _chain_reference(net, x, method, 5, 1, position)
+    assert ref.abs().sum() > 0
+    torch.testing.assert_close(got, ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(got, reconstruct(net, x, method=method, layer="5", channel=1, position=position),
+                               atol=0, rtol=0)
+
+
+def test_position_on_an_output_without_positions() -> None:
+    """An (N, C) output: "max" and None both mean the unit itself; an (h, w) pair is refused, not ignored."""
+    net = _chain()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    unit = reconstruct(net, x, method="guided", layer=None, channel=2, position="max")
+    assert torch.equal(unit, reconstruct(net, x, method="guided", layer=None, channel=2, position=None))
+    with pytest.raises(AllconvError, match=r"shape \(2, 5\), with no \(h, w\) positions.*position='max' or None"):
+        reconstruct(net, x, method="guided", layer=None, channel=2, position=(0, 0))
+    with pytest.raises(AllconvError, match=r"no \(h, w\) positions"):
+        reconstruct_at(net, x, method="backprop", layer="9", channels=[0, 1], positions=torch.zeros(2, 2, dtype=int))
+
+
 # --- a net with a skip connection, a reused in-place ReLU module and functional relus --------------------------
 
 

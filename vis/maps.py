@@ -3,7 +3,15 @@
 ``model_scope`` is how all of ``vis`` touches a model: it takes the model's lock (so Streamlit sessions, which run in
 threads sharing one cached model, serialize), switches it to eval (dropout off, BN with running stats) and restores
 each module's own train/eval flag afterwards, even on an exception. ``forward_to`` runs a forward only as far as the
-named layer (a temporary hook raises a private exception there), which makes low layers cheap.
+named layer (a temporary hook raises a private exception there, in the calling thread only), which makes low layers
+cheap.
+
+Another thread using the same model while ``vis`` runs (without taking ``model_lock``): its forwards run to the end,
+untouched by ``vis``'s hook, and its gradients are plain (the backward rules are thread-local); but the model's
+train/eval flags are shared, so for as long as ``vis`` runs its forwards see eval mode (dropout off, BN on running
+stats and not updating them). A thread that must keep train mode takes ``model_lock(model)`` around its forwards: it
+then waits for ``vis`` (and ``vis`` for it). A thread must not switch the model's mode or change its weights while
+``vis`` runs, or ``vis``'s results mix the two.
 """
 
 from __future__ import annotations
@@ -33,7 +41,10 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 @contextlib.contextmanager
 def model_scope(model: nn.Module) -> Iterator[nn.Module]:
-    """Hold the model's lock and run it in eval mode; every module's training flag is restored on exit."""
+    """Hold the model's lock and run it in eval mode; every module's training flag is restored on exit.
+
+    The flags are the model's own, so another thread running the model without the lock sees eval mode meanwhile.
+    """
     with model_lock(model):
         flags = [(m, m.training) for m in model.modules()]
         model.eval()
@@ -91,14 +102,20 @@ class _Stop(BaseException):
 
 
 def forward_to(model: nn.Module, x: torch.Tensor, layer: str | None) -> torch.Tensor:
-    """The output of ``layer`` (its first call) for input ``x``; ``None`` = the model's output. Stops there."""
+    """The output of ``layer`` (its first call) for input ``x``; ``None`` = the model's output. Stops there.
+
+    The stop is this thread's only: another thread's forward of the same model meanwhile passes the layer untouched.
+    """
     if layer is None:
         out = model(x)
     else:
         module = resolve_layer(model, layer)
         box: list[object] = []
+        caller = threading.get_ident()
 
         def hook(_m: nn.Module, _inp: object, output: object) -> None:
+            if threading.get_ident() != caller:
+                return  # another thread's forward of the same model: not ours to capture or stop
             box.append(output)
             raise _Stop
 

@@ -9,15 +9,31 @@ At every ReLU with forward input x and incoming gradient g:
 Everything else (convs, max-pool switches, average pooling, BN in eval) keeps its ordinary gradient.
 
 Why a torch function mode and not module hooks (as captum does): a mode sees every relu *call* -- ``nn.ReLU`` modules
-(in place or not, called once or reused several times in one forward), ``F.relu``, ``torch.relu``, ``Tensor.relu`` and
-the in-place ``relu_`` variants -- so nothing is missed, and it leaves no trace on the model. Torch function modes are
-thread-local, so a mode active in one thread never affects another thread using the same model.
+(in place or not, called once or reused several times in one forward), ``F.relu``, ``torch.relu``, ``Tensor.relu``,
+the in-place ``relu_`` variants and ``torch.ops.aten`` ops (as ``torch.export``'ed graphs call them) -- so nothing is
+missed, and it leaves no trace on the model. Torch function modes are thread-local, so a mode active in one thread
+never affects another thread using the same model.
+
+A ReLU is a ReLU however it is spelled: ``clamp(min=0)`` / ``clip(0)``, ``clamp_min(0)``, ``threshold(x, 0, 0)``
+(``nn.Threshold(0, 0)``), and ``maximum`` / ``fmax`` / two-tensor ``max`` of x and a constant all-zero tensor
+(``torch.maximum(x, torch.zeros(()))``, broadcasting allowed) all get the rule, in place or not. Its forward is torch's
+own op, bit for bit. What is not a ReLU is refused under ``guided``/``deconvnet`` with a
+one-line AllconvError rather than given the plain gradient: other activations (GELU, sigmoid, ReLU6, hardtanh, ...),
+clamps with another bound (``clamp(min=0.5)``, ``clamp(0, 6)``, ``clamp_max``), ``maximum`` against anything but a
+constant zero, and ``minimum``. A ReLU written as arithmetic (``x * (x > 0)``, ``torch.where``) is invisible to any
+mode: don't. A ReLU inside TorchScript or another opaque piece is invisible too: ``vis.guard`` refuses those.
+
+Activation checkpointing (``torch.utils.checkpoint``, ``use_reentrant=False``) is exact: each rule saves for backward
+exactly what torch's own op saves (same count, shapes and dtypes, in torch's order), so when the backward re-runs the
+forward without the mode, checkpoint hands the rule torch's recomputed tensors, whose signs are the rule's mask.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+import functools
+import numbers
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,31 +45,30 @@ METHODS = ("guided", "deconvnet", "backprop")
 
 
 class _RuleRelu(torch.autograd.Function):
-    """relu forward; subclasses define ``rule(g, mask)`` for the backward."""
+    """One ReLU call: torch's own op forward; ``rule(g, mask)`` backward, mask = [input > 0]."""
 
     @staticmethod
     def rule(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
     @classmethod
-    def forward(cls, ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x > 0)
-        return x.clamp_min(0)
+    def forward(cls, ctx: Any, call: Callable[[], torch.Tensor], inplace: bool,  # type: ignore[override]
+                first: torch.Tensor, second: Optional[torch.Tensor]) -> torch.Tensor:
+        """``call`` runs the caller's op on ``first`` (and a zero ``second``); grad is off here, so it is plain."""
+        out = call()
+        if inplace:
+            ctx.mark_dirty(first)
+        ctx.shapes = (first.shape, None if second is None else second.shape)
+        # What torch's own op saves: its output/input (one tensor, same signs), or (other, self) for two operands.
+        ctx.save_for_backward(*((out,) if second is None else (second, first)))
+        return out
 
     @classmethod
-    def backward(cls, ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (mask,) = ctx.saved_tensors
-        return cls.rule(g, mask)
-
-
-class _RuleReluInplace(_RuleRelu):
-    """In-place relu (``relu_``) with the same rule: mutates and returns its input, as torch's own ``relu_`` does."""
-
-    @classmethod
-    def forward(cls, ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x > 0)  # a fresh bool tensor: the in-place update below does not touch it
-        ctx.mark_dirty(x)
-        return x.clamp_min_(0)
+    def backward(cls, ctx: Any, g: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
+        mask = functools.reduce(torch.logical_or, [t > 0 for t in ctx.saved_tensors])  # the zero operand adds none
+        grad = cls.rule(g, mask)
+        return None, None, *(grad.sum_to_size(s) if need else None
+                             for s, need in zip(ctx.shapes, ctx.needs_input_grad[2:]))
 
 
 def _guided(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -68,20 +83,10 @@ def _backprop(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return g * mask
 
 
-def _functions(rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], name: str) -> tuple[type, type]:
-    out = type(f"{name}Relu", (_RuleRelu,), {"rule": staticmethod(rule)})
-    inplace = type(f"{name}ReluInplace", (_RuleReluInplace,), {"rule": staticmethod(rule)})
-    return out, inplace
-
-
-_RULES: dict[str, tuple[type, type]] = {
-    "guided": _functions(_guided, "Guided"),
-    "deconvnet": _functions(_deconvnet, "Deconvnet"),
-    "backprop": _functions(_backprop, "Backprop"),
+_RULES: dict[str, type] = {
+    name: type(f"{name.capitalize()}Relu", (_RuleRelu,), {"rule": staticmethod(rule)})
+    for name, rule in (("guided", _guided), ("deconvnet", _deconvnet), ("backprop", _backprop))
 }
-
-_RELU_OUT = {torch.relu, torch.Tensor.relu}
-_RELU_INPLACE = {torch.relu_, torch.Tensor.relu_}  # F.relu_ is torch.relu_
 
 
 def _other_activations() -> dict[Callable, str]:
@@ -89,13 +94,12 @@ def _other_activations() -> dict[Callable, str]:
     found: dict[Callable, str] = {}
     for owner, names in (
         (F, "gelu silu mish elu elu_ selu selu_ celu celu_ leaky_relu leaky_relu_ rrelu rrelu_ prelu softplus relu6 "
-            "hardtanh hardtanh_ hardswish hardsigmoid sigmoid tanh logsigmoid softsign tanhshrink threshold "
-            "threshold_ glu"),
-        (torch, "sigmoid sigmoid_ tanh tanh_ selu selu_ celu celu_ rrelu rrelu_ prelu threshold threshold_"),
+            "hardtanh hardtanh_ hardswish hardsigmoid sigmoid tanh logsigmoid softsign tanhshrink glu"),
+        (torch, "sigmoid sigmoid_ tanh tanh_ selu selu_ celu celu_ rrelu rrelu_ prelu"),
         (torch.Tensor, "sigmoid sigmoid_ tanh tanh_"),
         (torch.special, "expit"),
         (torch._C._nn, "gelu silu silu_ mish mish_ elu elu_ leaky_relu leaky_relu_ softplus hardtanh hardtanh_ "
-                       "hardswish hardswish_ hardsigmoid hardsigmoid_ log_sigmoid glu"),
+                       "hardswish hardswish_ hardsigmoid hardsigmoid_ log_sigmoid glu relu6"),
     ):
         for n in names.split():
             fn = getattr(owner, n, None)
@@ -106,38 +110,128 @@ def _other_activations() -> dict[Callable, str]:
 
 _OTHER = _other_activations()
 
+# A spelling looks at one call and returns: None (nothing in it needs a gradient: the rule cannot matter), the ReLU it
+# is as (first, second, inplace) (second: the zero operand of a two-operand spelling, else None), or a description of
+# the non-ReLU it is (refused).
+Found = Union[None, str, tuple[torch.Tensor, Optional[torch.Tensor], bool]]
 
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
     return args[index] if len(args) > index else kwargs.get(name, default)
 
 
+def _grad(v: object) -> bool:
+    return torch.is_tensor(v) and v.requires_grad
+
+
+def _zero(v: object) -> bool:
+    """A constant zero: the number 0, or a tensor of zeros that needs no gradient."""
+    if torch.is_tensor(v):
+        return not v.requires_grad and not v.is_complex() and bool((v == 0).all())
+    return isinstance(v, numbers.Real) and v == 0
+
+
+def _show(v: object) -> str:
+    return "a tensor" if torch.is_tensor(v) else repr(v)
+
+
+def _relu(inplace: bool) -> Callable[[tuple, dict], Found]:
+    def spell(args: tuple, kwargs: dict) -> Found:
+        x = _arg(args, kwargs, 0, "input")
+        return (x, None, inplace or bool(_arg(args, kwargs, 1, "inplace", False))) if _grad(x) else None
+    return spell
+
+
+def _clamp(name: str, inplace: bool, lo_at: int, hi_at: int) -> Callable[[tuple, dict], Found]:
+    """clamp/clip (lo_at=1, hi_at=2), clamp_min (1, -1), clamp_max (-1, 1): a ReLU iff min is 0 and max is None."""
+    def spell(args: tuple, kwargs: dict) -> Found:
+        x = _arg(args, kwargs, 0, "input")
+        lo = _arg(args, kwargs, lo_at, "min") if lo_at > 0 else None
+        hi = _arg(args, kwargs, hi_at, "max") if hi_at > 0 else None
+        if not (_grad(x) or _grad(lo) or _grad(hi)):
+            return None
+        if _grad(x) and hi is None and lo is not None and _zero(lo):
+            return x, lo if torch.is_tensor(lo) else None, inplace
+        return f"{name}(min={_show(lo)}, max={_show(hi)})"
+    return spell
+
+
+def _threshold(inplace: bool) -> Callable[[tuple, dict], Found]:
+    def spell(args: tuple, kwargs: dict) -> Found:
+        x, th, value = (_arg(args, kwargs, i, n) for i, n in enumerate(("input", "threshold", "value")))
+        if not _grad(x):
+            return None
+        if _zero(th) and _zero(value):
+            return x, None, inplace or bool(_arg(args, kwargs, 3, "inplace", False))
+        return f"threshold(threshold={th!r}, value={value!r})"
+    return spell
+
+
+def _binary(name: str, relu: bool) -> Callable[[tuple, dict], Found]:
+    """maximum/fmax/max(a, b) (relu=True: a ReLU iff one operand is a constant zero) and minimum/fmin/min (never)."""
+    def spell(args: tuple, kwargs: dict) -> Found:
+        a, b = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "other")
+        if not (torch.is_tensor(b) and (_grad(a) or _grad(b))):
+            return None  # max(x) / max(x, dim): a reduction, whose gradient is max-pool's switch
+        if relu and ((_grad(a) and _zero(b)) or (_grad(b) and _zero(a))):
+            return a, b, False
+        return f"{name}(a, b) with {'no constant zero operand' if relu else 'a tensor that needs a gradient'}"
+    return spell
+
+
+def _spellings() -> dict[Callable, Callable[[tuple, dict], Found]]:
+    table: dict[Callable, Callable[[tuple, dict], Found]] = {F.relu: _relu(False), F.threshold: _threshold(False)}
+    for owner in (torch, torch.Tensor):
+        table.update({owner.relu: _relu(False), owner.relu_: _relu(True)})  # F.relu_ is torch.relu_
+        for base, lo, hi in (("clamp", 1, 2), ("clip", 1, 2), ("clamp_min", 1, -1), ("clamp_max", -1, 1)):
+            table[getattr(owner, base)] = _clamp(base, False, lo, hi)
+            table[getattr(owner, base + "_")] = _clamp(base, True, lo, hi)
+        for base, relu in (("maximum", True), ("fmax", True), ("max", True), ("minimum", False), ("fmin", False),
+                           ("min", False)):
+            table[getattr(owner, base)] = _binary(base, relu)
+    table.update({torch.threshold: _threshold(False), torch.threshold_: _threshold(True)})  # F.threshold_ too
+    return table
+
+
+_SPELLINGS = _spellings()
+
+
+def _canonical(func: Callable) -> Callable:
+    """An aten op (``torch.ops.aten.relu.default``) as the torch function of that name, so it is classified alike."""
+    qualified = getattr(getattr(func, "overloadpacket", func), "_qualified_op_name", "")
+    if not isinstance(qualified, str) or not qualified.startswith("aten::"):
+        return func
+    name = qualified[len("aten::"):]
+    return getattr(torch, name, None) or getattr(torch._C._nn, name, None) or func
+
+
 class _BackwardMode(TorchFunctionMode):
-    """While active (in this thread only), every relu call runs the chosen rule's autograd Function."""
+    """While active (in this thread only), every ReLU call runs the chosen rule's autograd Function."""
 
     def __init__(self, method: str) -> None:
         super().__init__()
         self.method = method
-        self.out_fn, self.inplace_fn = _RULES[method]
+        self.fn = _RULES[method]
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is F.relu:
-            x = _arg(args, kwargs, 0, "input", None)
-            return self._relu(x, inplace=bool(_arg(args, kwargs, 1, "inplace", False)))
-        if func in _RELU_OUT:
-            return self._relu(_arg(args, kwargs, 0, "input", None), inplace=False)
-        if func in _RELU_INPLACE:
-            return self._relu(_arg(args, kwargs, 0, "input", None), inplace=True)
-        if func in _OTHER:
-            raise AllconvError(
-                f"method {self.method!r} is defined only for ReLU nets, but the model calls {_OTHER[func]}; "
-                "use method='backprop' for this model")
-        return func(*args, **kwargs)
+        key = _canonical(func)
+        if key in _OTHER:
+            self._refuse(_OTHER[key])
+        spell = _SPELLINGS.get(key)
+        if spell is None or "out" in kwargs or not torch.is_grad_enabled():
+            return func(*args, **kwargs)  # (out=: torch itself refuses it on a tensor that needs a gradient)
+        found = spell(args, kwargs)
+        if found is None:
+            return func(*args, **kwargs)
+        if isinstance(found, str):
+            self._refuse(found)
+        first, second, inplace = found  # type: ignore[misc]
+        return self.fn.apply(lambda: func(*args, **kwargs), inplace, first, second)
 
-    def _relu(self, x: torch.Tensor, inplace: bool) -> torch.Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return torch.relu_(x) if inplace else torch.relu(x)  # no graph: the rule cannot matter
-        return self.inplace_fn.apply(x) if inplace else self.out_fn.apply(x)
+    def _refuse(self, what: str) -> None:
+        raise AllconvError(f"method {self.method!r} is defined only for ReLU nets, but the model calls {what}, which "
+                           "is not a ReLU; use method='backprop' for this model")
 
 
 def check_method(method: str) -> str:
@@ -152,9 +246,11 @@ def backward_mode(method: str) -> Iterator[None]:
     """Within the block (this thread only), gradients through ReLUs follow ``method``'s rule.
 
     ``backprop`` is the plain gradient and installs nothing. ``guided``/``deconvnet`` refuse nets that call other
-    activation functions (GELU, sigmoid, tanh, SiLU, ELU, LeakyReLU, softplus, ...) with an AllconvError. Nothing is
-    attached to any model, so leaving the block (normally or by an exception) leaves every model as it was. The rule is
-    fixed at forward time: run the forward inside the block; the backward may run inside or after it.
+    activation functions (GELU, sigmoid, tanh, SiLU, ELU, LeakyReLU, softplus, ReLU6, ...) or clamps that are not
+    ReLUs with an AllconvError. Nothing is attached to any model, so leaving the block (normally or by an exception)
+    leaves every model as it was. The rule is fixed at forward time: run the forward inside the block; the backward
+    may run inside or after it (activation checkpointing included). What a mode cannot see (TorchScript, reentrant
+    checkpointing) is for ``vis.guard.check_model`` / ``check_graph`` to refuse, as ``reconstruct`` does.
     """
     check_method(method)
     if method == "backprop":

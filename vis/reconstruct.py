@@ -15,6 +15,7 @@ from torch import nn
 
 from allconv.errors import AllconvError
 
+from .guard import check_graph, check_model
 from .maps import check_images, forward_to, model_scope
 from .modes import backward_mode, check_method
 
@@ -27,10 +28,14 @@ def reconstruct(model: nn.Module, images: torch.Tensor, *, method: str, layer: s
     """The input-space signal of ``channel`` in ``layer`` for each image.
 
     ``layer``: a ``model.named_modules()`` name whose output is the feature map, or None for the model's output (then
-    ``channel`` is a class index and ``position`` is ignored). ``channel``: an int -> (N, 3, H, W); a sequence of C ints
-    -> (N, C, 3, H, W) from batched passes. ``position``: "max" (each image's strongest response of that channel),
-    an (h, w) pair, or None (the sum over the whole map). The model runs in eval mode for the call (its flags are
-    restored) under its lock. The result has the dtype/device of ``images``.
+    ``channel`` is a class index). ``channel``: an int -> (N, 3, H, W); a sequence of C ints -> (N, C, 3, H, W) from
+    batched passes. ``position`` picks the unit in an (N, C, H, W) map -- the layer's, or with ``layer=None`` the
+    model's own output when that is 4-D (a fully convolutional net): "max" (each image's strongest response of that
+    channel), an (h, w) pair, or None (the sum over the whole map). An (N, C) output has no positions: "max" and None
+    both mean the unit itself, and an (h, w) pair is refused. The model runs in eval mode for the call (its flags are
+    restored) under its lock: see ``vis.maps`` for what another thread using it meanwhile sees. TorchScript (under
+    guided/deconvnet) and reentrant checkpointing are refused in one line (``vis.guard``). The result has the
+    dtype/device of ``images``.
     """
     check_method(method)
     check_images(model, images)
@@ -102,6 +107,7 @@ def _reconstruct_rows(model: nn.Module, images: torch.Tensor, index: torch.Tenso
     """Row r = image ``index[r]``, target ``channels[r]`` at ``positions[r]``; chunks of ``batch_size`` rows."""
     if batch_size < 1:
         raise AllconvError(f"batch_size must be >= 1, got {batch_size}")
+    check_model(model, method)
     out = images.new_empty((len(index), *images.shape[1:]))
     with model_scope(model):
         for s in range(0, len(index), batch_size):
@@ -119,6 +125,7 @@ def _one_pass(model: nn.Module, x: torch.Tensor, channels: torch.Tensor, positio
         fmap = forward_to(model, x, layer)
         if not fmap.requires_grad:
             return torch.zeros_like(x)
+        check_graph(fmap, method)
         seed = _selection(fmap, channels, positions, layer)
         (grad,) = torch.autograd.grad(fmap, x, grad_outputs=seed, allow_unused=True)
     return torch.zeros_like(x) if grad is None else grad.detach()
@@ -138,6 +145,9 @@ def _selection(fmap: torch.Tensor, channels: torch.Tensor, positions: str | None
     ch = channels.to(fmap.device)
     seed = torch.zeros_like(fmap)
     if fmap.ndim == 2:
+        if torch.is_tensor(positions):
+            raise AllconvError(f"{where} has shape {tuple(fmap.shape)}, with no (h, w) positions to pick; pass "
+                               "position='max' or None (both mean the unit itself)")
         seed[rows, ch] = 1
         return seed
     h, w = fmap.shape[2:]
