@@ -53,3 +53,53 @@ def test_eval_bad_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert evaluate.main([str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "not a safetensors file (it looks like text)" in err and "\n" not in err
+
+
+# --- bf16 at fp32's accuracy ---------------------------------------------------------------------------------------
+
+class _CloseCall(torch.nn.Module):
+    """Logits 1.0 and 1.003: bf16 (spacing 2^-7 at 1.0) rounds both to 1.0 and picks class 0; fp32 picks class 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.copy_(torch.tensor([1.0, 1.003]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean((2, 3)))
+
+
+def test_bf16_alone_gets_a_close_call_wrong_and_predict_rescores_it() -> None:
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    pre = Preprocess.fit("standardize", x)
+    net = _CloseCall()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(pre(x)).argmax(1).tolist() == [0] * 6  # the failure the rescoring exists for
+    assert evaluate.predict(net, x, pre).tolist() == [1] * 6
+    assert evaluate.predict(net, x, pre, amp=True, batch_size=4).tolist() == [1] * 6
+    assert accuracy(net, x, torch.ones(6, dtype=torch.long), pre, amp=True, tta=True) == 1.0
+
+
+def test_bf16_predictions_equal_fp32_on_a_random_net() -> None:
+    """A random-init net has near-uniform logits: many close calls, all rescored."""
+    torch.manual_seed(0)
+    net = create("all-cnn-c").eval()
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    pre = Preprocess.fit("standardize", x)
+    for tta in (False, True):
+        fp32 = evaluate.predict(net, x, pre, tta=tta, batch_size=32)
+        assert torch.equal(evaluate.predict(net, x, pre, tta=tta, amp=True, batch_size=32), fp32)
+
+
+def test_bf16_accuracy_equals_fp32_on_the_shipped_net(cifar10_test_arrays: tuple[np.ndarray, np.ndarray]) -> None:
+    from allconv.checkpoint import SHIPPED_DIR, load
+
+    shipped = SHIPPED_DIR / "all-cnn-c.safetensors"
+    if not shipped.is_file():
+        pytest.skip("no shipped checkpoints/all-cnn-c.safetensors")
+    model, meta = load(shipped)
+    x = torch.from_numpy(cifar10_test_arrays[0][:1000]).permute(0, 3, 1, 2).contiguous()
+    fp32 = evaluate.predict(model, x, meta.preprocess, tta=True)
+    assert torch.equal(evaluate.predict(model, x, meta.preprocess, tta=True, amp=True), fp32)
