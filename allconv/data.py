@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import io
 import json
 import os
 import tarfile
@@ -21,19 +20,19 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from .errors import AllconvError
+from .image import load_image  # noqa: F401  (re-exported: allconv.data.load_image predates allconv.image)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz")
 NAMED = ("cifar10", "cifar100")
-CACHE_VERSION = 2  # 2: labels are validated (an older cache may hold a stray label's 1000-class dataset)
+CACHE_VERSION = 3  # 2: labels are validated; 3: folder images decoded by allconv.image (alpha on grey, 16-bit)
 MAX_CLASSES = 1000
 MAX_IMAGE_BYTES = 64 << 20  # an archive's image member may declare at most this uncompressed (no image needs more)
 MAX_ARCHIVE_BYTES = 8 << 30  # all of an archive's members together
@@ -101,28 +100,6 @@ def split_validation(x: torch.Tensor, y: torch.Tensor, n_val: int = 5000,
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     val, train = perm[:n_val].sort().values, perm[n_val:].sort().values
     return x[train], y[train], x[val], y[val]
-
-
-def load_image(src: Any, size: int | None = 32) -> torch.Tensor:
-    """Any image (path, bytes, file object, PIL image or HxWxC array) as uint8 RGB ``3 x size x size``."""
-    try:
-        if isinstance(src, Image.Image):
-            img = src
-        elif isinstance(src, np.ndarray):
-            img = Image.fromarray(src)
-        elif isinstance(src, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(src))
-        else:
-            img = Image.open(src)
-        img.load()
-        img = img.convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, TypeError) as e:
-        label = src if isinstance(src, (str, Path)) else type(src).__name__
-        raise AllconvError(f"cannot read image {label}: {str(e).splitlines()[0][:100]}; give a PNG, JPEG, BMP or "
-                           "WebP file") from None
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 # --- sources -----------------------------------------------------------------------------------------------------

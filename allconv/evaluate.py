@@ -45,7 +45,8 @@ def predict(model: nn.Module, x: torch.Tensor, preprocess: Preprocess, *, batch_
     out = []
     with tqdm(total=len(x), unit="img", desc="evaluating", disable=None if progress else True, leave=False) as bar:
         for i in range(0, len(x), batch_size):
-            xb = preprocess(x[i:i + batch_size].to(dev, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+            xb = preprocess(x[i:i + batch_size].to(dev, non_blocking=True))
+            xb = xb.contiguous(memory_format=torch.channels_last)
             logits = _logits(model, xb, tta, amp)
             if amp:
                 top2 = logits.topk(2, dim=1).values
@@ -151,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="dataset (default: CIFAR-10, offline copy if present)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
-                    help="bf16 where native (auto); the accuracy is fp32's either way: close calls are rescored in fp32")
+                    help="bf16 where native (auto); the accuracy is fp32's either way: close calls are rescored "
+                         "in fp32")
     args = ap.parse_args(argv)
     try:
         if args.table:

@@ -82,8 +82,8 @@ def data_input(sel: Selection) -> None:
     """The dataset to browse (``$ALLCONV_DATA`` by default) and its split."""
     sel.source = st.sidebar.text_input("Dataset", value=data_source(), key="data", bind=Q,
                                        placeholder="CIFAR-10 (offline copy)",
-                                       help="empty = CIFAR-10; or cifar100, or an .npz file, image folder or archive under a "
-                                       "data folder the server offers").strip()
+                                       help="empty = CIFAR-10; or cifar100, or an .npz file, image folder or archive "
+                                            "under a data folder the server offers").strip()
     sel.split = st.sidebar.segmented_control("Split", ["test", "train"], default="test", key="split", bind=Q,
                                              required=True) or "test"
     try:
@@ -95,7 +95,8 @@ def data_input(sel: Selection) -> None:
 def image_input(sel: Selection) -> None:
     """An uploaded image if there is one (and it reads), else the chosen dataset image (by class and index)."""
     upload = st.sidebar.file_uploader(f"Upload an image (max {MAX_UPLOAD_MB} MB)", key="upload",
-                                      help="any image file (PNG, JPEG, BMP, WebP, GIF); it is converted to RGB, 32x32")
+                                      help="any image file (PNG, JPEG, BMP, WebP, GIF): center-cropped, transparency "
+                                           "on grey, 16-bit scaled, resized to 32x32; the caption says what was done")
     uploaded, problem = None, None
     if upload is not None:
         try:

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from allconv import checkpoint, rundir
-from allconv.data import Splits, load_image
+from allconv.data import Splits
+from allconv.image import load_image_described
 from allconv.errors import AllconvError
 
 from . import allow
@@ -82,7 +83,8 @@ def stamp(path: Path) -> str:
     try:
         st = f.stat()
     except OSError:
-        raise AllconvError(f"checkpoint not found: {label(path)} (pass a run directory or a .safetensors file)") from None
+        raise AllconvError(f"checkpoint not found: {label(path)} (pass a run directory or a .safetensors "
+                           "file)") from None
     return f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
@@ -102,12 +104,12 @@ def from_upload(name: str, data: bytes) -> Picked:
         raise AllconvError(f"upload {name!r} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
     _check_pixels(name, data)
     try:
-        image = load_image(data, size=32)
+        image, how = load_image_described(data, size=32)
     except AllconvError:
         raise AllconvError(f"upload {name!r} is not a readable image; give a PNG, JPEG, BMP, WebP or GIF "
                            "file") from None
     digest = hashlib.sha1(data).hexdigest()[:16]
-    return Picked(image, f"upload:{digest}", f"uploaded {name} (resized to 32x32)")
+    return Picked(image, f"upload:{digest}", f"uploaded {name}: {how}")
 
 
 def _check_pixels(name: str, data: bytes) -> None:

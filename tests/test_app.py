@@ -86,7 +86,7 @@ def test_upload_replaces_the_dataset_image(env: dict[str, Path]) -> None:
     at = ok(run())
     at.sidebar.file_uploader(key="upload").upload("red.png", png_bytes(), "image/png")
     at.run()
-    assert captions(ok(at))[0] == "uploaded red.png (resized to 32x32)"
+    assert captions(ok(at))[0] == "uploaded red.png: 50x40 RGBA: center-cropped to 40x40, resized to 32x32"
     assert "Showing the upload" in at.sidebar.caption[0].value
     digest = at.query_params["upload"]
     assert len(digest) == 16  # the URL says an upload is shown

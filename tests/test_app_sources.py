@@ -107,7 +107,7 @@ def test_missing_dataset_is_one_error_and_upload_still_works(env: dict[str, Path
     assert "upload one" in at.info[0].value
     at.sidebar.file_uploader(key="upload").upload("red.png", png_bytes(), "image/png")
     at.run()
-    assert captions(at)[0] == "uploaded red.png (resized to 32x32)" and len(at.image) == 6
+    assert captions(at)[0].startswith("uploaded red.png: 50x40 RGBA") and len(at.image) == 6
     at.segmented_control(key="view").set_value("Layer").run()
     assert "needs a dataset" in at.info[0].value
 

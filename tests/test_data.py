@@ -136,6 +136,16 @@ def test_load_image_any_mode_and_size(tmp_path: Path) -> None:
     assert gray.shape == (3, 16, 16) and (gray[0] == gray[2]).all()
 
 
+def test_folder_images_decode_transparency_and_16_bit_alike(tmp_path: Path) -> None:
+    """A dataset folder decodes its images as allconv.image does: transparent pixels grey, 16-bit levels scaled."""
+    for split in ("train", "test"):
+        (tmp_path / "toy" / split / "a").mkdir(parents=True)
+        Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "toy" / split / "a" / "clear.png")
+        Image.fromarray(np.full((8, 8), 25700, np.uint16)).save(tmp_path / "toy" / split / "a" / "grey16.png")
+    s = data.load(tmp_path / "toy", cache_dir=tmp_path / "c")
+    assert (s.x_train[0] == 128).all() and (s.x_test[1] == 100).all()  # old decode: black, and 255 by clipping
+
+
 def _write(path: Path, blob: bytes) -> Path:
     path.write_bytes(blob)
     return path
@@ -219,6 +229,42 @@ def test_zca_whitened_covariance_has_the_filter_bias_eigenvalues() -> None:
     white = Preprocess.fit("zca", x)(x).reshape(n, -1).double().numpy()
     got = np.linalg.eigvalsh(np.cov(white, rowvar=False, bias=True))
     np.testing.assert_allclose(got, e / (e + 0.1), atol=2e-4, err_msg="whitened eigenvalues are not e / (e + 0.1)")
+
+
+@pytest.mark.parametrize("kind", ["standardize", "zca"])
+def test_preprocess_takes_numpy_or_torch_nhwc_nchw_or_one_image(kind: str) -> None:
+    """The README's ``meta.preprocess(images_uint8)`` on the arrays users have: NumPy NHWC (as CIFAR-10 ships), torch
+    NHWC, NCHW, one HWC / CHW image; all give the same NCHW input."""
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 3, 4, 4), dtype=np.uint8))
+    pre = Preprocess.fit(kind, x)
+    want = pre(x)
+    nhwc = x.permute(0, 2, 3, 1)
+    for given in (nhwc.numpy(), nhwc.contiguous(), x.numpy(), nhwc.float(), nhwc.numpy().astype(np.float32)):
+        got = pre(given)
+        assert got.shape == (6, 3, 4, 4) and got.dtype == torch.float32 and got.is_contiguous()
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(pre(nhwc[2].numpy()), want[2:3])  # one HWC image -> a batch of one
+    torch.testing.assert_close(pre(x[2]), want[2:3])
+
+
+def test_preprocess_both_axes_of_size_3_means_nchw() -> None:
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 3, 5, 3), dtype=np.uint8))
+    pre = Preprocess.fit("standardize", x)
+    torch.testing.assert_close(pre(x), (x.float() / 255 - pre.stats["mean"]) / pre.stats["std"])
+
+
+@pytest.mark.parametrize("given, match", [
+    (np.zeros((2, 5, 4, 4), np.uint8), r"3-channel images as N x 3 x H x W or N x H x W x 3 .* \(2, 5, 4, 4\)"),
+    (np.zeros((4, 4), np.uint8), r"got shape \(4, 4\)"),
+    (np.zeros((2, 3, 8, 8), np.uint8), r"ZCA preprocessing was fitted on 3 x 4 x 4 images, got \(3, 8, 8\); resize"),
+    (np.array([{"a": 1}]), r"a NumPy array or torch tensor, got ndarray"),
+])
+def test_preprocess_bad_shapes_are_one_line(given, match: str) -> None:
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 3, 4, 4), dtype=np.uint8))
+    pre = Preprocess.fit("zca", x)
+    with pytest.raises(AllconvError, match=match) as e:
+        pre(given)
+    assert "\n" not in str(e.value)
 
 
 # --- labels ------------------------------------------------------------------------------------------------------

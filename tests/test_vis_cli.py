@@ -1,5 +1,7 @@
 """allconv-visualize end to end on a tiny random All-CNN-C checkpoint and a 40-image .npz: Figure 2, --image on odd
-images, --filter-maps, the default checkpoint/dataset lookup, and every bad input as one line with exit code 2."""
+images (what was done to it, the prediction, class names on conv9), default filters that fit every layer,
+--filter-maps without a scan, the default checkpoint/dataset lookup, and every bad input as one line with exit code
+2."""
 
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from allconv import checkpoint
 from allconv.checkpoint import Meta, save
 from allconv.models import create
 from allconv.preprocess import Preprocess
-from vis import METHODS, figure2
+from vis import METHODS, cli, figure2
 from vis.cli import main
-from vis.figure2 import GAP, LABEL_W, TITLE_H
+from vis.layout import GAP, HEAD_FONT, HEAD_H, PAD, TITLE_H, label_width, text_width
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,8 +75,12 @@ def test_layer_conv6_end_to_end(assets, tmp_path: Path, capsys) -> None:
     assert (s.layer, s.top_k, s.num_images, s.filters.tolist(), list(s.recons)) == ("conv6", 3, 12, [0, 1, 2],
                                                                                     list(METHODS))
     assert s.values.shape == (192, 3) and s.image_index.max() < 12 and s.patches.shape == (3, 3, 3, 19, 19)
+    assert s.data == "tiny"
     panel = 3 * (19 * 3 + 1) + 1
-    assert Image.open(png).size == (LABEL_W + 4 * panel + 3 * GAP, TITLE_H + panel)
+    title = "ck (all-cnn-c), conv6: each filter's top 3 patches in 12 tiny test images"
+    body = label_width(["conv6 #0", "conv6 #1", "conv6 #2"]) + 4 * panel + 3 * GAP
+    width = max(body, text_width(title, HEAD_FONT) + 2 * PAD)
+    assert Image.open(png).size == (width, HEAD_H + TITLE_H + panel)
 
 
 def test_one_method_two_layers_share_a_scan(assets, tmp_path: Path, capsys) -> None:
@@ -82,12 +88,12 @@ def test_one_method_two_layers_share_a_scan(assets, tmp_path: Path, capsys) -> N
         "--out", str(tmp_path))
     out, _ = _lines(capsys)
     assert sum("scanned" in line for line in out) == 1
-    for layer, size in (("conv2", 5), ("conv9", 27)):
+    for layer, size, px in (("conv2", 5, 25), ("conv9", 27, 81)):  # conv2's 5x5 tiles enlarged to >= 24 px
         s = figure2.load_scan(tmp_path / f"figure2-{layer}.npz")
         assert list(s.recons) == ["guided"] and s.recons["guided"].shape == (2, 4, 3, size, size)
-        panel_w, panel_h = 4 * (size * 3 + 1) + 1, 2 * (size * 3 + 1) + 1
+        panel_w, panel_h = 4 * (px + 1) + 1, 2 * (px + 1) + 1
         img = Image.open(tmp_path / f"figure2-{layer}.png")
-        assert img.height == TITLE_H + panel_h and img.width >= LABEL_W + 2 * panel_w + GAP
+        assert img.height == HEAD_H + TITLE_H + panel_h and img.width >= label_width([layer]) + 2 * panel_w + GAP
 
 
 def test_default_checkpoint_data_and_out(assets, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -132,27 +138,81 @@ def test_image_any_size_or_mode(assets, tmp_path: Path, name: str, mode: str, ca
     assert Image.open(src).mode == mode and Image.open(src).size != (32, 32)
     run(assets, "--image", str(src), "--layer", "conv6", "--filters", "0,5", "--out", str(tmp_path), data=False)
     stem = f"image-{src.stem}-conv6"
-    assert f"wrote {tmp_path / (stem + '.png')}" in _lines(capsys)[0]
+    out = _lines(capsys)[0]
+    assert f"wrote {tmp_path / (stem + '.png')}" in out
+    how = {"RGBA": "50x20 RGBA: center-cropped to 20x20, transparency composited on grey, resized to 32x32",
+           "L": "40x28 L: center-cropped to 28x28, grayscale to RGB, resized to 32x32"}[mode]
+    assert out[1] == f"image {src}: {how}"
     with np.load(tmp_path / f"{stem}.npz") as z:
         assert z["image"].shape == (3, 32, 32) and z["image"].dtype == np.uint8
         assert z["filters"].tolist() == [0, 5] and z["activations"].shape == (2, 8, 8)
         assert all(z[f"recon_{m}"].shape == (2, 3, 32, 32) for m in METHODS)
+        assert z["probabilities"].shape == (10,) and abs(float(z["probabilities"].sum()) - 1) < 1e-5
         if mode == "L":
             assert (z["image"][0] == z["image"][1]).all() and (z["image"][1] == z["image"][2]).all()
     tile = 32 * 3 + 1
-    assert Image.open(tmp_path / f"{stem}.png").size == (LABEL_W + 5 * (tile + 1) + 4 * GAP, TITLE_H + 2 * tile + 1)
+    img = Image.open(tmp_path / f"{stem}.png")
+    assert img.height == HEAD_H + TITLE_H + 2 * tile + 1 and img.width > label_width(["conv6 #0"]) + 5 * tile + 4 * GAP
 
 
-@pytest.mark.parametrize("layer,height", [("conv1", 4 * 19 + 1), ("conv6", 4 * 19 + 1), ("conv8", 4 * 12)])
+@pytest.mark.parametrize("layer,height", [("conv1", 4 * 25 + 1), ("conv6", 4 * 25 + 1), ("conv8", 4 * 24)])
 def test_filter_maps(assets, tmp_path: Path, layer: str, height: int, capsys) -> None:
     run(assets, "--image", str(assets["root"] / "wide.png"), "--layer", layer, "--filters", "0-3", "--method",
         "backprop", "--filter-maps", "--scale", "3", "--out", str(tmp_path), data=False)
     png = tmp_path / f"filters-{layer}.png"
     assert f"wrote {png}" in _lines(capsys)[0]
     img = Image.open(png)
-    assert img.height == TITLE_H + height
-    if layer == "conv6":  # 32 of its 96 3x3 kernels per filter, 6x upscaled
-        assert img.width == LABEL_W + 32 * (3 * 6 + 1) + 1
+    assert img.height == HEAD_H + TITLE_H + height  # rows >= 24 px, so labels never touch
+    if layer == "conv6":  # 32 of its 96 3x3 kernels per filter, 8x upscaled (to 24 px)
+        assert img.width == label_width([f"conv6 #{i}" for i in range(4)]) + 32 * (3 * 8 + 1) + 1
+
+
+def test_default_filters_fit_every_layer(assets, tmp_path: Path, capsys) -> None:
+    """No --filters: conv9's 10 filters (the old default 0-15 failed there), conv6's first 16."""
+    run(assets, "--image", str(assets["root"] / "wide.png"), "--layer", "conv9,conv6", "--method", "guided",
+        "--out", str(tmp_path), data=False)
+    for layer, n in (("conv9", 10), ("conv6", 16)):
+        with np.load(tmp_path / f"image-wide-{layer}.npz") as z:
+            assert z["filters"].tolist() == list(range(n)) and z["recon_guided"].shape == (n, 3, 32, 32)
+
+
+def test_image_prints_the_prediction_and_names_class_rows(assets, tmp_path: Path, monkeypatch, capsys) -> None:
+    seen: list[tuple[list[str], str]] = []
+    real = cli.image_figure
+    monkeypatch.setattr(cli, "image_figure", lambda raw, acts, sigs, labels, scale, title: seen.append(
+        (labels, title)) or real(raw, acts, sigs, labels, scale, title))
+    run(assets, "--image", str(assets["root"] / "wide.png"), "--layer", "conv9,conv6", "--filters", "0-9",
+        "--method", "guided", "--out", str(tmp_path), data=False)
+    out = _lines(capsys)[0]
+    with np.load(tmp_path / "image-wide-conv9.npz") as z:
+        probs = z["probabilities"]
+    best = int(probs.argmax())
+    order = np.argsort(-probs, kind="stable")[:3]
+    assert out[2] == "prediction: " + ", ".join(f"class {i} {probs[i]:.0%}" for i in order)
+    (nine, title9), (six, title6) = seen
+    assert nine[best] == f"conv9 #{best} class {best} {probs[best]:.0%}, predicted"
+    assert nine[(best + 1) % 10] == f"conv9 #{(best + 1) % 10} class {(best + 1) % 10} {probs[(best + 1) % 10]:.0%}"
+    assert six == [f"conv6 #{f}" for f in range(10)]  # only the class layer's channels are classes
+    assert title9 == f"ck (all-cnn-c), conv9 on wide.png: predicted class {best} {probs[best]:.0%}"
+    assert title6.startswith("ck (all-cnn-c), conv6 on wide.png")
+
+
+def test_filter_maps_alone_draws_only_the_weights(assets, tmp_path: Path, monkeypatch, capsys) -> None:
+    from allconv import data
+
+    def no_scan(*a, **k):
+        raise AssertionError("--filter-maps alone must not load or scan a dataset")
+
+    real_load = data.load
+    monkeypatch.setattr(data, "load", no_scan)
+    run(assets, "--layer", "conv1", "--filter-maps", "--out", str(tmp_path), data=False)
+    out = _lines(capsys)[0]
+    assert out[1:] == [f"wrote {tmp_path / 'filters-conv1.png'}"] and sorted(os.listdir(tmp_path)) == [
+        "filters-conv1.png"]
+    monkeypatch.setattr(data, "load", real_load)
+    run(assets, "--layer", "conv1", "--filter-maps", "--limit", "4", "--top-k", "2", "--out", str(tmp_path))
+    assert "scanned 4 test images" in _lines(capsys)[0][1]  # asking for a scan option asks for the scan too
+    assert (tmp_path / "figure2-conv1.png").is_file()
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------
@@ -164,6 +224,8 @@ BAD = {
     "unknown method": (["--method", "lrp"], "error: unknown method 'lrp'; choose one of: guided, deconvnet, "
                        "backprop, all"),
     "filter range": (["--filters", "0-500"], "error: filter 500 out of range: the layer has 192 filters; use 0-191"),
+    "explicit filters past conv9": (["--layer", "conv9", "--filters", "0-15"],
+                                    "error: filter 15 out of range: the layer has 10 filters; use 0-9"),
     "reversed range": (["--filters", "7-3"], "error: bad --filters '7-3'; give indices and ranges like 0-15 or 0-3,7"),
     "filter words": (["--filters", "all"], "error: bad --filters 'all'"),
     "unreadable image": (["--image", "{root}/notes.png"], "error: cannot read image {root}/notes.png: "),

@@ -1,5 +1,6 @@
-"""vis.figure2: the scan equals a brute-force top-k, windowed reconstructions equal full-image ones at every map
-position, patches, the .npz round trip, the figure's size and pixels, and one-line errors."""
+"""vis.figure2 (and vis.scan, vis.layout): the scan equals a brute-force top-k, windowed reconstructions equal
+full-image ones at every map position, patches, the .npz round trip, the figure's size, pixels, title, legible rows
+for small receptive fields, class names on the class layer, colour scales, and one-line errors."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from torch import nn
 from allconv.errors import AllconvError
 from allconv.models import AllConvNet, ConvBlock, create
 from allconv.preprocess import Preprocess
-from vis import METHODS, activations, figure2, receptive_field, reconstruct_at, render
-from vis.figure2 import GAP, LABEL_W, PATCH_FILL, TITLE_H, Scan
+from vis import METHODS, activations, figure2, layout, receptive_field, reconstruct_at, render
+from vis.figure2 import PATCH_FILL, Scan
+from vis.layout import BAR_W, GAP, HEAD_FONT, HEAD_H, MIN_TILE, PAD, TITLE_H, label_width, text_width
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def pre(images: torch.Tensor) -> Preprocess:
 def fig(net: nn.Module, images: torch.Tensor, pre: Preprocess) -> tuple[Scan, Image.Image]:
     """Figure 2 for conv6, filters 0, 3, 7, top 4, all methods."""
     return figure2.figure2(net, images, pre, layer="conv6", filters=[0, 3, 7], top_k=4, batch_size=16,
-                           progress=False)
+                           progress=False, data="cifar10")
 
 
 def _mini(pool: bool) -> AllConvNet:
@@ -185,32 +187,123 @@ def test_load_scan_refuses_foreign_and_damaged_files(fig, tmp_path: Path) -> Non
 
 # --- figure --------------------------------------------------------------------------------------------------------
 
+def _width(labels: list[str], body: int, title: str) -> int:
+    """``layout.compose``'s width: the label margin plus the panels, or the title line if that is wider."""
+    return max(label_width(labels) + body, text_width(title, HEAD_FONT) + 2 * PAD)
+
+
 def test_figure_size_and_layout(fig, images) -> None:
     s, img = fig
-    tile, k, rows = 19 * 3, 4, 3
+    tile, k, rows, top = 19 * 3, 4, 3, HEAD_H + TITLE_H
     panel_w, panel_h = k * (tile + 1) + 1, rows * (tile + 1) + 1
-    assert img.size == (LABEL_W + 4 * panel_w + 3 * GAP, TITLE_H + panel_h)
+    title = "all-cnn-c, conv6: each filter's top 4 patches in 64 cifar10 test images"
+    assert figure2.default_title(s) == title
+    labels = ["conv6 #0", "conv6 #3", "conv6 #7"]
+    margin = label_width(labels)
+    assert img.size == (_width(labels, 4 * panel_w + 3 * GAP, title), top + panel_h)
     a = np.asarray(img)
+    assert (a[:HEAD_H, PAD:PAD + text_width(title)] < 128).any()  # the title line is drawn
     for r in range(rows):  # patches panel: each tile is its uint8 patch, upscaled 3x (nearest)
         for c in range(k):
-            y, x = TITLE_H + 1 + r * (tile + 1), LABEL_W + 1 + c * (tile + 1)
+            y, x = top + 1 + r * (tile + 1), margin + 1 + c * (tile + 1)
             want = s.patches[r, c].transpose(1, 2, 0).repeat(3, 0).repeat(3, 1)
             np.testing.assert_array_equal(a[y:y + tile, x:x + tile], want)
-    x0 = LABEL_W + 2 * (panel_w + GAP) + 1  # first tile of the third panel: deconvnet
+    x0 = margin + 2 * (panel_w + GAP) + 1  # first tile of the third panel: deconvnet
     want = render.to_image(torch.from_numpy(s.recons["deconvnet"][0, 0]))
     want = (want * 255).round().byte().permute(1, 2, 0).numpy().repeat(3, 0).repeat(3, 1)
-    np.testing.assert_array_equal(a[TITLE_H + 1:TITLE_H + 1 + tile, x0:x0 + tile], want)
-    assert (a[TITLE_H:, LABEL_W + panel_w:LABEL_W + panel_w + GAP] == 255).all()  # white gap between panels
-    one = figure2.figure(s, ["guided"], [7], scale=2)
-    assert one.size == (LABEL_W + 2 * (k * 39 + 1) + GAP, TITLE_H + 40)
+    np.testing.assert_array_equal(a[top + 1:top + 1 + tile, x0:x0 + tile], want)
+    assert (a[top:, margin + panel_w:margin + panel_w + GAP] == 255).all()  # white gap between panels
+    one = figure2.figure(s, ["guided"], [7], scale=2, title="t")
+    assert one.size == (_width(["conv6 #7"], 2 * (k * 39 + 1) + GAP, "t"), top + 40)
 
 
 def test_render_scan_methods_and_filters(net, images, pre) -> None:
     s = figure2.scan(net, images[:8], pre, layer="conv2", top_k=4, progress=False)
-    img = figure2.render_scan(net, images[:8], pre, s, methods=["backprop"], filters=[4, 1], scale=3)
+    img = figure2.render_scan(net, images[:8], pre, s, methods=["backprop"], filters=[4, 1], scale=3, title="x")
     assert list(s.recons) == ["backprop"] and s.filters.tolist() == [4, 1] and s.patches.shape == (2, 4, 3, 5, 5)
-    assert img.size == (LABEL_W + 2 * (4 * 16 + 1) + GAP, TITLE_H + 2 * 16 + 1)
+    tile = 5 * 5  # a 5x5 RF at scale 3 would be 15 px: enlarged to MIN_TILE (24) or more
+    body = 2 * (4 * (tile + 1) + 1) + GAP
+    assert img.size == (_width(["conv2 #4", "conv2 #1"], body, "x"), HEAD_H + TITLE_H + 2 * (tile + 1) + 1)
     assert {"scan", "backprop", "render"} <= set(s.seconds)
+
+
+def _ink_bands(a: np.ndarray, x0: int, x1: int, y0: int) -> int:
+    """How many separate runs of rows hold dark pixels in columns x0..x1 below y0 (one per legible text line)."""
+    dark = (a[y0:, x0:x1] < 128).any(axis=(1, 2))
+    return int((dark[1:] & ~dark[:-1]).sum() + dark[0])
+
+
+def test_small_receptive_fields_get_legible_rows(net, images, pre) -> None:
+    """conv1's 3x3 RF at scale 3 made 9 px tiles under 11 px labels: the labels ran together."""
+    s = figure2.scan(net, images[:16], pre, layer="conv1", top_k=3, progress=False)
+    img = figure2.render_scan(net, images[:16], pre, s, methods=["guided"], filters=range(6), scale=3)
+    labels = [f"conv1 #{f}" for f in range(6)]
+    tile = 3 * 8
+    assert tile >= MIN_TILE and img.height == HEAD_H + TITLE_H + 6 * (tile + 1) + 1
+    assert _ink_bands(np.asarray(img), 0, label_width(labels), HEAD_H + TITLE_H) == 6  # six separate labels
+
+
+def test_class_layer_is_the_conv_feeding_the_global_average(net) -> None:
+    from torchvision.models import resnet18
+
+    assert figure2.class_layer(net) == figure2.class_layer(net, 10) == "conv9"
+    assert figure2.class_layer(net, 100) is None and figure2.class_layer(_mini(True), 10) == "conv8"
+    assert figure2.class_layer(resnet18(num_classes=10)) is None  # ends in a linear layer
+    assert figure2.class_layer(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten())) is None  # no global pooling
+
+
+def test_class_layer_rows_are_named_and_patches_captioned(net, images, pre, monkeypatch) -> None:
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    labels = torch.arange(16) % 10
+    seen: dict[str, object] = {}
+    real_compose = figure2.compose
+
+    def spy(grids, row_labels, title=None):  # noqa: ANN001, ANN202
+        seen["rows"], seen["title"] = list(row_labels), title
+        return real_compose(grids, row_labels, title)
+
+    monkeypatch.setattr(figure2, "compose", spy)
+    s = figure2.scan(net, images[:16], pre, layer="conv9", top_k=2, progress=False)
+    img = figure2.render_scan(net, images[:16], pre, s, methods=["guided"], filters=[3, 5], classes=classes,
+                              labels=labels)
+    assert seen["rows"] == ["conv9 #3 cat", "conv9 #5 dog"]
+    tile = 27 * 3 + render.LABEL_HEIGHT  # each tile under a caption band, in every panel so the rows align
+    assert img.height == HEAD_H + TITLE_H + 2 * (tile + 1) + 1
+    a = np.asarray(img)
+    margin = label_width(seen["rows"])
+    band = a[HEAD_H + TITLE_H + 1:HEAD_H + TITLE_H + 1 + render.LABEL_HEIGHT]
+    assert (band[:, margin:margin + 2 * 82] < 128).any()  # the patches' captions (their images' classes) ...
+    assert (band[:, margin + 2 * 82 + 1 + GAP:] == 255).all()  # ... and a blank band over the reconstructions
+    figure2.render_scan(net, images[:16], pre, s, methods=["guided"], filters=[3], classes=classes[:4])
+    assert seen["rows"] == ["conv9 #3"]  # classes that are not the model's: plain row labels
+    figure2.render_scan(net, images[:16], pre, figure2.scan(net, images[:16], pre, layer="conv6", top_k=2,
+                                                            progress=False), methods=["guided"], filters=[3],
+                        classes=classes, labels=labels)
+    assert seen["rows"] == ["conv6 #3"]  # not the class layer
+    with pytest.raises(AllconvError, match=r"label 12 is not a class index 0..9"):
+        figure2.render_scan(net, images[:16], pre, s, methods=["guided"], filters=[3], classes=classes,
+                            labels=torch.where(labels == 4, 12, labels))
+    with pytest.raises(AllconvError, match=r"3 captions for 16 scanned images; give one per scanned image"):
+        figure2.figure(s, captions=["a", "b", "c"])
+
+
+def test_activation_maps_have_a_colour_scale() -> None:
+    acts = torch.stack([torch.arange(16.0).view(4, 4), torch.zeros(4, 4)])  # max 15 at the bottom right
+    panel = layout.activation_panel(acts, (8, 8), scale=2)
+    a = np.asarray(panel)
+    bar_x = (8 * 2 + 2) + 2 + BAR_W // 2  # the grid, 2 px, then the bar
+    ends = render.heatmap(torch.tensor([[1.0, 0.0]]), layout.CMAP)[:, 0]  # (3, 2): the colours of max and min
+    for want, y in ((ends[:, 0], 1), (ends[:, 1], 16)):
+        np.testing.assert_allclose(a[y, bar_x] / 255, want.numpy(), atol=1 / 255)
+    assert panel.width > 18 + BAR_W and (a[1:17, bar_x + BAR_W:] < 128).any()  # the bar and its numbers
+
+
+def test_image_figure_layout() -> None:
+    raw = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    sigs = {"guided": torch.randn(2, 3, 32, 32)}
+    img = layout.image_figure(raw, torch.rand(2, 8, 8), sigs, ["conv6 #0", "conv6 #1"], 3, title="T")
+    assert img.height == HEAD_H + TITLE_H + 2 * (96 + 1) + 1
+    assert img.width >= label_width(["conv6 #0"]) + 3 * 98 + BAR_W + 2 * GAP
 
 
 def test_bad_input_is_one_line(net, images, pre, fig) -> None:

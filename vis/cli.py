@@ -2,8 +2,11 @@
 
 By default it loads the shipped All-CNN-C (else the newest local run), scans the CIFAR-10 test split and writes
 ``figure2-<layer>.png`` and the raw arrays ``figure2-<layer>.npz`` (reusable by the app: ``vis.figure2.load_scan``)
-under ``out/vis/<checkpoint>/``. ``--image`` instead visualizes one image: per chosen filter its activation map and
-reconstructions. Bad input ends with a one-line ``error: ...`` on stderr and exit code 2.
+under ``out/vis/<checkpoint>/``. ``--image`` instead visualizes one image: it prints how the image was read (crop,
+transparency, bit depth) and the prediction, and draws per chosen filter its activation map and reconstructions.
+``--filter-maps`` draws the layer's weights, and alone nothing else (no scan). The default filters are the first 16
+(all of a smaller layer, e.g. conv9's 10 classes). Bad input ends with a one-line ``error: ...`` on stderr and exit
+code 2.
 """
 
 from __future__ import annotations
@@ -17,19 +20,21 @@ from typing import NoReturn, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from allconv.errors import AllconvError
 from allconv.preprocess import Preprocess
 
-from . import render
-from .figure2 import TITLES, compose, render_scan, save_scan, scan_layers
+from .figure2 import class_layer, render_scan
+from .layout import compose, image_figure, weights_panel
 from .maps import activations, filter_maps, resolve_layer
 from .modes import METHODS
 from .reconstruct import reconstruct
+from .scan import save_scan, scan_layers
 
 PROG = "allconv-visualize"
+DEFAULT_FILTERS = 16  # without --filters: the first 16 filters, or all of a smaller layer
+SCAN_OPTIONS = ("data", "download", "split", "limit", "top_k")  # asking for any of these asks for a scan
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,15 +51,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "newest run under runs/)")
     ap.add_argument("--layer", default="conv6", help="layer name, e.g. conv6 (default); a comma list shares one scan")
     ap.add_argument("--method", default="all", help=f"{', '.join(METHODS)} or all (default)")
-    ap.add_argument("--filters", default="0-15", help="filter indices: ranges and commas, e.g. 0-3,7 (default 0-15)")
-    ap.add_argument("--top-k", type=int, default=10, help="patches per filter (default 10)")
-    ap.add_argument("--image", help="visualize this image (any size or mode; converted to RGB and resized to 32x32) "
-                    "instead of scanning a dataset")
-    ap.add_argument("--filter-maps", action="store_true", help="also write the layer's filter weights as a PNG")
+    ap.add_argument("--filters", help="filter indices: ranges and commas, e.g. 0-3,7 (default: the first 16, 0-15, "
+                    "or all of a layer with fewer)")
+    ap.add_argument("--top-k", type=int, help="patches per filter (default 10)")
+    ap.add_argument("--image", help="visualize this image instead of scanning a dataset (any size or mode: "
+                    "center-cropped to a square, transparency on grey, resized to 32x32; prints what was done)")
+    ap.add_argument("--filter-maps", action="store_true", help="write the layer's filter weights as a PNG; alone it "
+                    "draws only those (add --image, or a scan option such as --limit, for more)")
     ap.add_argument("--data", help="dataset: cifar10, an .npz, an image folder or archive (default: CIFAR-10 from "
                     "torchvision's folder, else the offline copy)")
-    ap.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 if it is missing")
-    ap.add_argument("--split", default="test", choices=["test", "train"])
+    ap.add_argument("--download", action="store_true", default=None,
+                    help="let torchvision download CIFAR-10 if it is missing")
+    ap.add_argument("--split", choices=["test", "train"], help="the split to scan (default test)")
     ap.add_argument("--limit", type=int, help="scan only the first N images of the split")
     ap.add_argument("--batch-size", type=int, default=500, help="images per scan batch (default 500)")
     ap.add_argument("--scale", type=int, default=3, help="tile upscaling factor, nearest neighbour (default 3)")
@@ -62,7 +70,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto", help="auto (cuda if available, default), cpu, cuda or cuda:N")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.wants_scan = args.image is None and (not args.filter_maps or any(getattr(args, k) is not None
+                                                                          for k in SCAN_OPTIONS))
+    args.top_k = 10 if args.top_k is None else args.top_k
+    args.split, args.download = args.split or "test", bool(args.download)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +112,7 @@ def run(args: argparse.Namespace) -> list[str]:
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = parse_methods(args.method)
-    image = _read_image(args.image) if args.image else None  # fail fast, before loading anything else
+    image, how = _read_image(args.image) if args.image else (None, "")  # fail fast, before loading anything else
     device = _device(args.device)
     path = _checkpoint_path(args.checkpoint)
     model, meta = checkpoint.load(path, device=device)
@@ -108,18 +121,28 @@ def run(args: argparse.Namespace) -> list[str]:
     layers = [s for s in args.layer.replace(" ", "").split(",") if s]
     if not layers:
         raise AllconvError("--layer is empty; give a layer name such as conv6")
-    filters = {layer: parse_filters(args.filters, _num_filters(model, layer, device)) for layer in layers}
+    filters = {layer: _filters(args.filters, _num_filters(model, layer, device)) for layer in layers}
     out = Path(args.out) if args.out else Path("out") / "vis" / _stem(path)
     lines = [f"checkpoint: {path} ({meta.model}, {device})"]
+    classes = list(meta.classes)
+    if len(classes) != meta.num_classes:  # no (or inconsistent) names stored: number them
+        classes = [f"class {i}" for i in range(meta.num_classes)]
+    who = _stem(path) if _stem(path) == meta.model else f"{_stem(path)} ({meta.model})"
+    names = {"net": who, "classes": classes}
     if image is not None:
-        for layer in layers:
-            lines += _image_mode(model, meta.preprocess, image, args, layer, filters[layer], methods, out, device)
-    else:
-        lines += _figure_mode(model, meta.preprocess, args, filters, methods, out, device)
+        lines += [f"image {args.image}: {how}"]
+        lines += _image_mode(model, meta.preprocess, image, args, filters, methods, out, device, names)
+    elif args.wants_scan:
+        lines += _figure_mode(model, meta.preprocess, args, filters, methods, out, device, names)
     if args.filter_maps:
         for layer in layers:
-            lines += _filter_maps(model, layer, filters[layer], out, args.scale)
+            lines += _filter_maps(model, layer, filters[layer], out, args.scale, names)
     return lines
+
+
+def _filters(spec: str | None, count: int) -> list[int]:
+    """``--filters`` for a layer of ``count`` filters; not given: the first ``DEFAULT_FILTERS`` (fewer if it has)."""
+    return list(range(min(DEFAULT_FILTERS, count))) if spec is None else parse_filters(spec, count)
 
 
 def parse_filters(spec: str, count: int | None = None) -> list[int]:
@@ -157,17 +180,20 @@ def _check_numbers(args: argparse.Namespace) -> None:
 # --- Figure 2 ------------------------------------------------------------------------------------------------------
 
 def _figure_mode(model: nn.Module, pre: Preprocess, args: argparse.Namespace, filters: dict[str, list[int]],
-                 methods: list[str], out: Path, device: torch.device) -> list[str]:
+                 methods: list[str], out: Path, device: torch.device, names: dict) -> list[str]:
     """One scan over the split for every layer, then per layer: reconstructions, figure PNG and arrays."""
     t0 = time.perf_counter()
-    images = _dataset(args)
+    images, labels, data = _dataset(args, names["classes"])
     scans = scan_layers(model, images, pre, layers=list(filters), top_k=args.top_k, batch_size=args.batch_size,
-                        device=device, progress=not args.quiet, split=args.split)
+                        device=device, progress=not args.quiet, split=args.split, data=data)
     lines = [f"scanned {len(images)} {args.split} images for {', '.join(filters)} in {time.perf_counter() - t0:.1f}s"]
     for layer, rows in filters.items():
         t1 = time.perf_counter()
         s = scans[layer]
-        img = render_scan(model, images, pre, s, methods=methods, filters=rows, device=device, scale=args.scale)
+        title = (f"{names['net']}, {layer}: each filter's top {s.top_k} patches in {len(images)} {data} "
+                 f"{args.split} images")
+        img = render_scan(model, images, pre, s, methods=methods, filters=rows, device=device, scale=args.scale,
+                          classes=names["classes"], labels=labels, title=title)
         png, npz = out / f"figure2-{layer}.png", out / f"figure2-{layer}.npz"
         png.parent.mkdir(parents=True, exist_ok=True)
         img.save(png)
@@ -178,80 +204,75 @@ def _figure_mode(model: nn.Module, pre: Preprocess, args: argparse.Namespace, fi
     return lines
 
 
-def _dataset(args: argparse.Namespace) -> torch.Tensor:
+def _dataset(args: argparse.Namespace, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """The split's images, their labels (None unless the dataset's classes are the model's), the dataset's name."""
     from allconv import data
 
     splits = data.load(args.data, download=args.download)
-    images = splits.x_test if args.split == "test" else splits.x_train
-    return images[: args.limit] if args.limit else images
+    images, labels = (splits.x_test, splits.y_test) if args.split == "test" else (splits.x_train, splits.y_train)
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    return images, labels if list(splits.classes) == classes else None, splits.name
 
 
 # --- one image -----------------------------------------------------------------------------------------------------
 
-def _read_image(path: str) -> torch.Tensor:
-    from allconv.data import load_image
+def _read_image(path: str) -> tuple[torch.Tensor, str]:
+    from allconv.image import load_image_described
 
-    return load_image(path, size=32)
+    return load_image_described(path, size=32)
 
 
-def _image_mode(model: nn.Module, pre: Preprocess, raw: torch.Tensor, args: argparse.Namespace, layer: str,
-                filters: list[int], methods: list[str], out: Path, device: torch.device) -> list[str]:
-    """Per filter: its activation map and each method's reconstruction (at the strongest unit) of one image."""
+def _image_mode(model: nn.Module, pre: Preprocess, raw: torch.Tensor, args: argparse.Namespace,
+                filters: dict[str, list[int]], methods: list[str], out: Path, device: torch.device,
+                names: dict) -> list[str]:
+    """The prediction, then per layer and filter: its activation map and each method's reconstruction (at the
+    strongest unit) of one image."""
+    x = pre.to(device)(raw.to(device))
+    with torch.no_grad():
+        probs = activations(model, x, None)[0].float().softmax(0).cpu()
+    classes = names["classes"]
+    top = probs.argsort(descending=True)[:3].tolist()
+    lines = ["prediction: " + ", ".join(f"{classes[i]} {float(probs[i]):.0%}" for i in top)]
+    for layer, rows in filters.items():
+        lines += _image_layer(model, x, raw, args, layer, rows, methods, out, names, probs)
+    return lines
+
+
+def _image_layer(model: nn.Module, x: torch.Tensor, raw: torch.Tensor, args: argparse.Namespace, layer: str,
+                 filters: list[int], methods: list[str], out: Path, names: dict, probs: torch.Tensor) -> list[str]:
+    """One layer's figure and arrays for the image; on the class layer rows are named by class and probability."""
     t0 = time.perf_counter()
-    x = pre.to(device)(raw.unsqueeze(0).to(device))
     acts = activations(model, x, layer)[0, filters].float().cpu()
     sigs = {m: reconstruct(model, x, method=m, layer=layer, channel=filters)[0].float().cpu() for m in methods}
-    img = image_figure(raw, acts, sigs, layer, filters, args.scale)
+    labels = [f"{layer} #{f}" for f in filters]
+    classes, best = names["classes"], int(probs.argmax())
+    if class_layer(model, len(probs)) == layer:  # its channels are the class scores
+        labels = [f"{s} {classes[f]} {float(probs[f]):.0%}{', predicted' if f == best else ''}"
+                  for s, f in zip(labels, filters)]
+    title = f"{names['net']}, {layer} on {Path(args.image).name}: predicted {classes[best]} {float(probs[best]):.0%}"
+    img = image_figure(raw, acts, sigs, labels, args.scale, title)
     stem = f"image-{Path(args.image).stem}-{layer}"
     png, npz = out / f"{stem}.png", out / f"{stem}.npz"
     png.parent.mkdir(parents=True, exist_ok=True)
     img.save(png)
     with open(npz, "wb") as f:
         np.savez(f, image=raw.numpy(), filters=np.asarray(filters), activations=acts.numpy(),
-                 **{f"recon_{m}": s.numpy() for m, s in sigs.items()})
+                 probabilities=probs.numpy(), **{f"recon_{m}": s.numpy() for m, s in sigs.items()})
     return [f"image {args.image} ({layer}, {len(filters)} filters, {'/'.join(methods)}): "
             f"{time.perf_counter() - t0:.1f}s", f"wrote {png}", f"wrote {npz}"]
 
 
-def image_figure(raw: torch.Tensor, acts: torch.Tensor, sigs: dict[str, torch.Tensor], layer: str,
-                 filters: list[int], scale: int) -> Image.Image:
-    """Panels: the image, the activation map (upscaled to the image), one panel per method; one row per filter."""
-    size = tuple(raw.shape[1:])
-    maps = torch.nn.functional.interpolate(acts[:, None], size=size, mode="nearest")[:, 0]
-    panels = [("image", (raw[None].float() / 255).expand(len(filters), -1, -1, -1)),
-              ("activation", torch.stack([render.heatmap(m) for m in maps]))]
-    panels += [(TITLES[m], render.to_image(s)) for m, s in sigs.items()]
-    grids = [(title, render.grid(tiles, nrow=1, pad=1, scale=scale)) for title, tiles in panels]
-    return compose(grids, [f"{layer} #{f}" for f in filters])
-
-
 # --- filter weights ------------------------------------------------------------------------------------------------
 
-def _filter_maps(model: nn.Module, layer: str, filters: list[int], out: Path, scale: int) -> list[str]:
+def _filter_maps(model: nn.Module, layer: str, filters: list[int], out: Path, scale: int, names: dict) -> list[str]:
     """The layer's weights as ``filters-<layer>.png``: one row per filter."""
     png = out / f"filters-{layer}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     title, img = weights_panel(filter_maps(model, layer)[filters].float().cpu(), scale)
-    compose([(title, img)], [f"{layer} #{f}" for f in filters]).save(png)
+    heading = f"{names['net']}, {layer}: filter weights"
+    compose([(title, img)], [f"{layer} #{f}" for f in filters], heading).save(png)
     return [f"wrote {png}"]
-
-
-def weights_panel(w: torch.Tensor, scale: int, max_inputs: int = 32) -> tuple[str, Image.Image]:
-    """(F, C, k, k) weights as (title, image), one row per filter: RGB tiles when C is 3 (the first layer); a heatmap
-    of the (F, C) matrix for 1x1 convs; else each filter's first ``max_inputs`` kernels in gray, normalized per
-    filter (so kernels of one filter compare)."""
-    f, c, k, _ = w.shape
-    px = max(scale * 2, 1)
-    if c == 3:
-        return f"{k}x{k} RGB filters", render.grid(render.to_image(w), nrow=1, pad=1, scale=px)
-    if k == 1:
-        mat = render.to_pil(render.heatmap(w[:, :, 0, 0]))
-        title = f"1x1 weights: one row per filter, {c} input channels (inferno: low to high)"
-        return title, mat.resize((c * px, f * max(px, 12)), Image.Resampling.NEAREST)
-    n = min(c, max_inputs)
-    rows = render.to_image(w[:, :n].reshape(f, 1, n * k, k).expand(-1, 3, -1, -1))  # each filter normalized alone
-    tiles = rows.reshape(f, 3, n, k, k).permute(0, 2, 1, 3, 4).reshape(f * n, 3, k, k)
-    return f"{k}x{k} kernels on input channels 0-{n - 1} of {c}", render.grid(tiles, nrow=n, pad=1, scale=px)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """Figure 2 of the paper: for each filter of a layer, its top-k image patches and their reconstructions.
 
-``scan`` streams a dataset split through the net once (batched, on the model's device, with a progress bar; no
-feature maps kept) and keeps, per filter, the k images with the strongest response: each image's max over positions,
-then a running top-k across images, so one patch per image per filter. ``reconstructions`` computes each pick's
-input-space signal with ``vis.reconstruct_at`` (batched over all picks, per method) and crops it to the pick's
-receptive field (RF). ``figure`` renders the paper's layout: one panel per kind ("patches", "guided backprop", ...),
-one row per filter, k columns. ``save_scan``/``load_scan`` keep it all in one ``.npz`` (the app reuses scans).
+``vis.scan`` finds each filter's top-k images over a split (re-exported here: ``figure2.scan``, ``Scan``,
+``save_scan``, ``load_scan``). ``reconstructions`` computes each pick's input-space signal with
+``vis.reconstruct_at`` (batched over all picks, per method) and crops it to the pick's receptive field (RF).
+``figure`` renders the paper's layout with ``vis.layout``: one panel per kind ("patches", "guided backprop", ...), one
+row per filter, k columns, under a title naming model, layer and data; on the class layer (``class_layer``: its
+channels are the class scores) rows are named by class and patches captioned with their image's class.
 
 Speed: a unit depends only on the pixels of its RF, so each pick is reconstructed on a window of its (preprocessed)
 image that holds its RF, with the window's origin a multiple of the layer's total stride (so every stride/pool samples
@@ -19,170 +19,30 @@ RF size and align.
 
 from __future__ import annotations
 
-import json
-import os
-import threading
 import time
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 
 from allconv.errors import AllconvError
 from allconv.preprocess import Preprocess
 
 from . import render
-from .maps import model_scope, resolve_layer
+from .layout import TITLES, compose, tile_scale
 from .modes import METHODS, check_method
-from .receptive import receptive_field
 from .reconstruct import reconstruct_at
+from .scan import FORMAT, Scan, _check_uint8, _device, load_scan, save_scan, scan, scan_layers
 
-FORMAT = "allconv-figure2/1"
-TITLES = {"patches": "patches", "guided": "guided backprop", "deconvnet": "deconvnet", "backprop": "backprop"}
+__all__ = ["FORMAT", "TITLES", "Scan", "attach", "class_layer", "compose", "figure", "figure2", "load_scan",
+           "patches", "reconstructions", "render_scan", "save_scan", "scan", "scan_layers"]
+
 PATCH_FILL = 128  # gray, for the part of a border patch outside the image
 CHUNK = 2048  # picks whose whole images are preprocessed at once when cutting windows
-
-
-@dataclass
-class Scan:
-    """The top-k picks of every filter of ``layer`` over a split, plus (optionally) their tiles.
-
-    ``values`` (F, k) activations, ``image_index`` (F, k) into the scanned images, ``positions`` (F, k, 2) (h, w) in
-    the layer's map, ``boxes`` (F, k, 4) the RF (top, left, bottom, right) clipped to the image, bottom/right
-    exclusive. The unclipped RF of map unit (h, w) starts at ``rf_offset + (h, w) * rf_stride`` and is ``rf_size``
-    square. ``patches`` (uint8) and ``recons`` (method -> float32), each (len(filters), k, 3, S, S) with S the RF size,
-    hold the tiles of rows ``filters`` once computed. ``seconds``: time per stage.
-    """
-
-    layer: str
-    model: str
-    top_k: int
-    values: np.ndarray
-    image_index: np.ndarray
-    positions: np.ndarray
-    boxes: np.ndarray
-    split: str = "test"
-    num_images: int = 0
-    rf_size: int = 0
-    rf_offset: tuple[int, int] = (0, 0)
-    rf_stride: tuple[int, int] = (1, 1)
-    image_size: tuple[int, int] = (32, 32)
-    filters: np.ndarray | None = None
-    patches: np.ndarray | None = None
-    recons: dict[str, np.ndarray] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def num_filters(self) -> int:
-        return int(self.values.shape[0])
-
-    def save(self, path: str | Path) -> Path:
-        """Write everything to one ``.npz`` (plain arrays + a JSON header; loads with ``allow_pickle=False``)."""
-        return save_scan(self, path)
-
-
-# --- scan ----------------------------------------------------------------------------------------------------------
-
-def scan(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, *, layer: str, top_k: int = 9,
-         batch_size: int = 500, device: str | torch.device | None = None, progress: bool = True,
-         split: str = "test") -> Scan:
-    """Stream uint8 NCHW ``images`` through ``model`` and keep each filter of ``layer``'s top-k distinct images."""
-    return scan_layers(model, images, preprocess, layers=[layer], top_k=top_k, batch_size=batch_size, device=device,
-                       progress=progress, split=split)[layer]
-
-
-def scan_layers(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, *, layers: Sequence[str],
-                top_k: int = 9, batch_size: int = 500, device: str | torch.device | None = None,
-                progress: bool = True, split: str = "test") -> dict[str, Scan]:
-    """``scan`` for several layers sharing one forward per batch (it stops at the deepest of them)."""
-    _check_uint8(images)
-    if top_k < 1 or batch_size < 1:
-        raise AllconvError(f"top_k and batch_size must be >= 1, got top_k={top_k}, batch_size={batch_size}")
-    layers = list(dict.fromkeys(layers))
-    if not layers:
-        raise AllconvError("no layer given; name one, e.g. conv6")
-    for name in layers:
-        resolve_layer(model, name)
-    dev = _device(model, device)
-    pre = preprocess.to(dev)
-    k = min(top_k, len(images))
-    best: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    t0 = time.perf_counter()
-    with model_scope(model), torch.inference_mode():
-        for start in _progress(range(0, len(images), batch_size), progress, "scan " + ",".join(layers)):
-            x = pre(images[start:start + batch_size].to(dev, non_blocking=True))
-            for name, fmap in _forward_many(model, x, layers).items():
-                best[name] = _merge_topk(best.get(name), fmap, start, k, name)
-    took = time.perf_counter() - t0
-    return {name: _make_scan(model, name, best[name], k, images, split, took) for name in layers}
-
-
-def _merge_topk(run: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, fmap: torch.Tensor, start: int,
-                k: int, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fold a batch's per-image maxima into the running (values, image index, flat position), each (F, k)."""
-    if fmap.ndim != 4:
-        raise AllconvError(f"Figure 2 needs a layer with (N, C, H, W) maps, but {layer!r} gives shape "
-                           f"{tuple(fmap.shape)}; pick a conv layer such as conv6")
-    vals, pos = fmap.flatten(2).float().max(dim=2)  # (B, F): each image's strongest response per filter
-    vals, pos = vals.T, pos.T
-    idx = torch.arange(start, start + vals.shape[1], device=vals.device).expand_as(vals)
-    if run is not None:  # running picks first: a stable sort keeps the earlier image on ties, like a brute-force sort
-        vals, idx, pos = (torch.cat([a, b], dim=1) for a, b in zip(run, (vals, idx, pos)))
-    order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, :k]
-    return vals.gather(1, order), idx.gather(1, order), pos.gather(1, order)
-
-
-def _make_scan(model: nn.Module, layer: str, best: tuple[torch.Tensor, torch.Tensor, torch.Tensor], k: int,
-               images: torch.Tensor, split: str, seconds: float) -> Scan:
-    """Turn the running top-k into a Scan: map positions, RF geometry and clipped boxes."""
-    vals, idx, flat = (t.cpu() for t in best)
-    size = (int(images.shape[2]), int(images.shape[3]))
-    rf = receptive_field(model, layer, input_size=size)
-    map_w = _map_size(model, layer, size)[1]
-    positions = torch.stack([flat // map_w, flat % map_w], dim=-1).numpy().astype(np.int64)
-    start = np.array(rf.start_hw) + positions * np.array(rf.stride_hw)
-    boxes = np.concatenate([np.maximum(start, 0), np.minimum(start + np.array(rf.size_hw), size)], axis=-1)
-    return Scan(layer=layer, model=str(getattr(model, "name", type(model).__name__)), top_k=k,
-                values=vals.numpy().astype(np.float32), image_index=idx.numpy().astype(np.int64), positions=positions,
-                boxes=boxes.astype(np.int64), split=split, num_images=len(images), rf_size=int(rf.size),
-                rf_offset=(int(rf.start_hw[0]), int(rf.start_hw[1])),
-                rf_stride=(int(rf.stride_hw[0]), int(rf.stride_hw[1])), image_size=size,
-                seconds={"scan": round(seconds, 3)})
-
-
-def _forward_many(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
-    """The outputs of ``layers`` (first call of each) for ``x``; the forward stops once all are seen."""
-    out: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str):  # noqa: ANN202
-        def hook(_m: nn.Module, _i: object, output: torch.Tensor) -> None:
-            out.setdefault(name, output)
-            if len(out) == len(layers):
-                raise _Done
-        return hook
-
-    handles = [resolve_layer(model, n).register_forward_hook(hook_for(n)) for n in layers]
-    try:
-        model(x)
-    except _Done:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in layers if n not in out]
-    if missing:
-        raise AllconvError(f"layer {missing[0]!r} is never run by the model's forward; pick another layer")
-    return out
-
-
-class _Done(BaseException):
-    """Ends a forward once every requested layer has been captured."""
 
 
 # --- tiles ---------------------------------------------------------------------------------------------------------
@@ -300,126 +160,87 @@ def _filter_rows(scan: Scan, filters: Iterable[int] | None) -> list[int]:
     return rows
 
 
-# --- save / load ---------------------------------------------------------------------------------------------------
-
-_ARRAYS = ("values", "image_index", "positions", "boxes")
-
-
-def save_scan(scan: Scan, path: str | Path) -> Path:
-    """Write ``scan`` atomically as ``.npz``: its arrays, ``patches``/``recon_<method>`` once attached, a header."""
-    path = Path(path)
-    header = {"format": FORMAT, "layer": scan.layer, "model": scan.model, "top_k": scan.top_k, "split": scan.split,
-              "num_images": scan.num_images, "rf_size": scan.rf_size, "rf_offset": list(scan.rf_offset),
-              "rf_stride": list(scan.rf_stride), "image_size": list(scan.image_size),
-              "methods": list(scan.recons), "seconds": scan.seconds}
-    arrays = {k: getattr(scan, k) for k in _ARRAYS}
-    if scan.filters is not None:
-        arrays["filters"] = scan.filters
-    if scan.patches is not None:
-        arrays["patches"] = scan.patches
-    arrays.update({f"recon_{m}": r for m, r in scan.recons.items()})
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:  # readers (the app, another session) never see half a file; the umask sets the mode, as for any file
-        with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to other suffixes
-            np.savez(f, header=np.array(json.dumps(header)), **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def load_scan(path: str | Path) -> Scan:
-    """Read a scan written by ``save_scan``; anything else (missing, corrupt, foreign .npz) -> AllconvError."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["header"]))
-            if not isinstance(header, dict) or header.get("format") != FORMAT:
-                raise ValueError(f"no {FORMAT} header")
-            data = {k: z[k] for k in z.files}
-        scan = Scan(layer=header["layer"], model=header["model"], top_k=int(header["top_k"]),
-                    **{k: data[k] for k in _ARRAYS}, split=header["split"], num_images=int(header["num_images"]),
-                    rf_size=int(header["rf_size"]), rf_offset=_pair(header["rf_offset"]),
-                    rf_stride=_pair(header["rf_stride"]), image_size=_pair(header["image_size"]),
-                    filters=data.get("filters"), patches=data.get("patches"),
-                    recons={m: data[f"recon_{m}"] for m in header["methods"]}, seconds=header.get("seconds", {}))
-    except FileNotFoundError:
-        raise AllconvError(f"scan file not found: {path}") from None
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
-        why = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
-        raise AllconvError(f"{path} is not a readable Figure 2 scan ({why}); re-create it with allconv-visualize") \
-            from None
-    _check_shapes(scan, path)
-    return scan
-
-
-def _pair(v: Sequence[int]) -> tuple[int, int]:
-    return int(v[0]), int(v[1])
-
-
-def _check_shapes(scan: Scan, path: Path) -> None:
-    f, k = scan.values.shape if scan.values.ndim == 2 else (-1, -1)
-    ok = (scan.image_index.shape == (f, k) and scan.positions.shape == (f, k, 2) and scan.boxes.shape == (f, k, 4)
-          and k == scan.top_k)
-    rows = None if scan.filters is None else len(scan.filters)
-    tiles = ([scan.patches] if scan.patches is not None else []) + list(scan.recons.values())
-    ok = ok and all(t.ndim == 5 and t.shape[:2] == (rows, k) and t.shape[3:] == _tile(scan) for t in tiles)
-    if not ok:
-        raise AllconvError(f"{path}: Figure 2 arrays have inconsistent shapes; the file is damaged, re-create it "
-                           "with allconv-visualize")
-
-
 # --- figure --------------------------------------------------------------------------------------------------------
 
-LABEL_W, TITLE_H, GAP = 64, 16, 8  # px: row-label margin, panel-title band, gap between panels
-
-
 def figure(scan_or_npz: Scan | str | Path, methods: Sequence[str] | None = None,
-           filters: Sequence[int] | None = None, *, scale: int = 3, percentile: float = 99.5) -> Image.Image:
+           filters: Sequence[int] | None = None, *, scale: int = 3, percentile: float = 99.5,
+           names: Sequence[str] | None = None, captions: Sequence[str] | None = None,
+           title: str | None = None) -> Image.Image:
     """The paper's Figure 2 from an attached (or saved) scan: a "patches" panel, then one panel per method (default:
-    all attached), each one row per filter and ``top_k`` columns, tiles upscaled ``scale`` x (nearest), each signal
-    normalized alone (``render.to_image``)."""
+    all attached), each one row per filter and ``top_k`` columns, tiles upscaled ``scale`` x (nearest; more for tiles
+    under ``layout.MIN_TILE`` px), each signal normalized alone (``render.to_image``).
+
+    ``names``: one per channel of the layer, added to the row labels (the class layer's channels are classes).
+    ``captions``: one per scanned image (e.g. its true class), written above each patch. ``title``: the line on top
+    (default: model, layer and data, from the scan).
+    """
     scan = scan_or_npz if isinstance(scan_or_npz, Scan) else load_scan(scan_or_npz)
+    wanted, rows = _figure_rows(scan, methods, filters)
+    methods = list(scan.recons) if methods is None else [check_method(m) for m in methods]
+    tiles = [torch.from_numpy(scan.patches[rows]).flatten(0, 1).float().div(255)]
+    tiles += [render.to_image(torch.from_numpy(scan.recons[m][rows]).flatten(0, 1), percentile=percentile)
+              for m in methods]
+    labels: list[list[str] | None] = [None] * len(tiles)
+    if captions is not None:  # a caption band over every panel's tiles keeps the rows aligned
+        _check_count(captions, scan.num_images, "captions", "scanned image")
+        labels = [[""] * len(tiles[0]) for _ in tiles]
+        labels[0] = [str(captions[i]) for i in scan.image_index[wanted].reshape(-1)]
+    up = tile_scale(scan.rf_size, scale)
+    titles = [TITLES["patches"] + (" (each image's label above it)" if captions is not None else "")]
+    grids = [(name, render.grid(t, nrow=scan.top_k, pad=1, labels=lab, scale=up))
+             for name, t, lab in zip(titles + [TITLES[m] for m in methods], tiles, labels)]
+    if names is not None:
+        _check_count(names, scan.num_filters, "names", "filter")
+    row_labels = [f"{scan.layer} #{f}" + (f" {names[f]}" if names is not None else "") for f in wanted]
+    return compose(grids, row_labels, default_title(scan) if title is None else title)
+
+
+def default_title(scan: Scan) -> str:
+    """``all-cnn-c, conv6: each filter's top 10 patches in 10000 cifar10 test images``."""
+    data = f"{scan.data} {scan.split}" if scan.data else scan.split
+    return f"{scan.model}, {scan.layer}: each filter's top {scan.top_k} patches in {scan.num_images} {data} images"
+
+
+def _figure_rows(scan: Scan, methods: Sequence[str] | None, filters: Sequence[int] | None) -> tuple[list[int],
+                                                                                                      list[int]]:
+    """The filters to draw and their rows in the attached tiles; what the scan lacks -> one-line AllconvError."""
     if scan.patches is None or scan.filters is None:
         raise AllconvError("this scan has no tiles yet; compute them with figure2(...) or attach(scan, images, "
                            "reconstructions(...))")
-    methods = list(scan.recons) if methods is None else [check_method(m) for m in methods]
     have = [int(f) for f in scan.filters]
     wanted = have if filters is None else [int(f) for f in filters]
-    missing = [m for m in methods if m not in scan.recons]
+    missing = [m for m in (methods or []) if check_method(m) not in scan.recons]
     absent = [f for f in wanted if f not in have]
     if missing or absent or not wanted:
         asked = ", ".join(missing) if missing else f"filters {_ranges(absent)}"
         raise AllconvError(f"the scan holds methods {', '.join(scan.recons) or '(none)'} for filters "
                            f"{_ranges(have)}; asked for {asked}: re-run figure2 with them")
-    rows = [have.index(f) for f in wanted]
-    panels = [(TITLES["patches"], torch.from_numpy(scan.patches[rows]).flatten(0, 1).float().div(255))]
-    for m in methods:
-        sig = torch.from_numpy(scan.recons[m][rows]).flatten(0, 1)
-        panels.append((TITLES[m], render.to_image(sig, percentile=percentile)))
-    grids = [(title, render.grid(tiles, nrow=scan.top_k, pad=1, scale=scale)) for title, tiles in panels]
-    return compose(grids, [f"{scan.layer} #{f}" for f in wanted])
+    return wanted, [have.index(f) for f in wanted]
 
 
-def compose(grids: Sequence[tuple[str, Image.Image]], row_labels: Sequence[str]) -> Image.Image:
-    """Panels side by side under their titles (each panel at least as wide as its title), ``row_labels`` in a left
-    margin, one per row of the tallest panel."""
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    widths = [max(g.width, int(draw.textlength(title)) + 4) for title, g in grids]
-    height = TITLE_H + max(g.height for _, g in grids)
-    canvas = Image.new("RGB", (LABEL_W + sum(widths) + GAP * (len(grids) - 1), height), "white")
-    draw = ImageDraw.Draw(canvas)
-    x = LABEL_W
-    for (title, g), w in zip(grids, widths):
-        canvas.paste(g.convert("RGB"), (x, TITLE_H))
-        draw.text((x + 2, 2), title, fill="black")
-        x += w + GAP
-    row_h = (height - TITLE_H) / max(len(row_labels), 1)
-    for i, label in enumerate(row_labels):
-        draw.text((2, TITLE_H + int(i * row_h + row_h / 2) - 5), label, fill="black")
-    return canvas
+def _check_count(items: Sequence[str], n: int, what: str, per: str) -> None:
+    if len(items) != n:
+        raise AllconvError(f"{len(items)} {what} for {n} {per}s; give one per {per}")
+
+
+def class_layer(model: nn.Module, num_classes: int | None = None) -> str | None:
+    """The layer whose channels are the class scores: the last top-level child holding a conv when only global
+    pooling, flatten or dropout follow it (so it feeds the global average) and, given ``num_classes``, it has that
+    many channels (conv9 of All-CNN-C); else None (e.g. a net ending in a linear layer)."""
+    children = list(model.named_children())
+    convs = [i for i, (_, m) in enumerate(children) if any(isinstance(c, nn.Conv2d) for c in m.modules())]
+    if not convs:
+        return None
+    tail = [m for _, m in children[convs[-1] + 1:]]
+    pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    if not any(isinstance(m, pools) for m in tail) or not all(isinstance(m, pools + _PASS) for m in tail):
+        return None
+    name, block = children[convs[-1]]
+    conv = [c for c in block.modules() if isinstance(c, nn.Conv2d)][-1]
+    return name if num_classes is None or conv.out_channels == num_classes else None
+
+
+_PASS = (nn.Flatten, nn.Dropout, nn.Identity)
 
 
 def _ranges(values: Iterable[int]) -> str:
@@ -439,56 +260,43 @@ def _ranges(values: Iterable[int]) -> str:
 def figure2(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, *, layer: str,
             methods: Sequence[str] = METHODS, filters: Sequence[int] | None = None, top_k: int = 9,
             batch_size: int = 500, device: str | torch.device | None = None, progress: bool = True,
-            split: str = "test", scale: int = 3) -> tuple[Scan, Image.Image]:
-    """Scan, reconstruct, render: ``(scan with tiles attached, figure)`` for ``layer``'s ``filters`` (default all)."""
+            split: str = "test", data: str = "", scale: int = 3, classes: Sequence[str] | None = None,
+            labels: Sequence[int] | torch.Tensor | None = None) -> tuple[Scan, Image.Image]:
+    """Scan, reconstruct, render: ``(scan with tiles attached, figure)`` for ``layer``'s ``filters`` (default all);
+    ``classes``/``labels`` as in ``render_scan``."""
     s = scan(model, images, preprocess, layer=layer, top_k=top_k, batch_size=batch_size, device=device,
-             progress=progress, split=split)
-    return s, render_scan(model, images, preprocess, s, methods=methods, filters=filters, device=device, scale=scale)
+             progress=progress, split=split, data=data)
+    return s, render_scan(model, images, preprocess, s, methods=methods, filters=filters, device=device, scale=scale,
+                          classes=classes, labels=labels)
 
 
 def render_scan(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, s: Scan, *,
                 methods: Sequence[str] = METHODS, filters: Sequence[int] | None = None,
-                device: str | torch.device | None = None, scale: int = 3) -> Image.Image:
-    """Reconstruct and attach the tiles of a finished scan, then draw its figure (stage times in ``s.seconds``)."""
+                device: str | torch.device | None = None, scale: int = 3, classes: Sequence[str] | None = None,
+                labels: Sequence[int] | torch.Tensor | None = None, title: str | None = None) -> Image.Image:
+    """Reconstruct and attach the tiles of a finished scan, then draw its figure (stage times in ``s.seconds``).
+
+    ``classes``: the model's class names; on its class layer (``class_layer``) rows are then named by class, and,
+    given ``labels`` (each scanned image's class index), each patch is captioned with its image's class.
+    """
     rows = _filter_rows(s, filters)
     recons = reconstructions(model, images, preprocess, s, methods=methods, filters=rows, device=device)
     attach(s, images, recons, rows)
     t0 = time.perf_counter()
-    img = figure(s, list(recons), rows, scale=scale)
+    names = captions = None
+    if classes is not None and class_layer(model, len(classes)) == s.layer:
+        names = list(classes)
+        captions = None if labels is None else _class_names(labels, names)
+    img = figure(s, list(recons), rows, scale=scale, names=names, captions=captions, title=title)
     s.seconds["render"] = round(time.perf_counter() - t0, 3)
     return img
 
 
-# --- helpers -------------------------------------------------------------------------------------------------------
-
-def _check_uint8(images: torch.Tensor) -> None:
-    if not torch.is_tensor(images) or images.ndim != 4 or images.dtype != torch.uint8 or len(images) == 0:
-        got = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
-        raise AllconvError(f"Figure 2 needs a non-empty uint8 (N, 3, H, W) image batch (raw, not preprocessed), "
-                           f"got {got}")
-
-
-def _device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    """Move the model to ``device`` (default: where it already is) and return that device."""
-    if device is None:
-        p = next(model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
-    dev = torch.device(device)
-    model.to(dev)
-    return dev
-
-
-def _map_size(model: nn.Module, layer: str, size: tuple[int, int]) -> tuple[int, int]:
-    p = next(model.parameters())
-    x = torch.zeros(1, 3, *size, device=p.device, dtype=p.dtype)
-    with model_scope(model), torch.inference_mode():
-        fmap = _forward_many(model, x, [layer])[layer]
-    return int(fmap.shape[2]), int(fmap.shape[3])
-
-
-def _progress(it: range, show: bool, desc: str) -> Iterable[int]:
-    if not show:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc, unit="batch", leave=False)
+def _class_names(labels: Sequence[int] | torch.Tensor, classes: Sequence[str]) -> list[str]:
+    """Class indices as names; one outside 0..C-1 -> one-line AllconvError."""
+    idx = [int(i) for i in labels]
+    bad = [i for i in idx if not 0 <= i < len(classes)]
+    if bad:
+        raise AllconvError(f"label {bad[0]} is not a class index 0..{len(classes) - 1}; pass the scanned images' "
+                           "labels with the model's class names")
+    return [classes[i] for i in idx]
