@@ -51,8 +51,9 @@ def num_filters(stamp: str, layer: str, _model: nn.Module) -> int:
 
 
 @st.cache_data(max_entries=128, show_spinner="Reconstructing every filter of the layer...")
-def grid_png(stamp: str, image_key: str, layer: str, method: str, _model: nn.Module, _x: torch.Tensor) -> bytes:
-    return compute.png(compute.reconstruction_grid(_model, _x, layer, method))
+def grid_png(stamp: str, image_key: str, layer: str, method: str, _model: nn.Module, _x: torch.Tensor,
+             classes: tuple[str, ...] = ()) -> bytes:
+    return compute.png(compute.reconstruction_grid(_model, _x, layer, method, classes))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -94,8 +95,9 @@ def scan(stamp: str, source: str, split: str, layer: str, limit: int, model: nn.
 
 @st.cache_data(max_entries=64, show_spinner="Reconstructing the top patches...")
 def figure_png(stamp: str, source: str, split: str, layer: str, limit: int, method: str, filters: tuple[int, ...],
-               _model: nn.Module, _images: torch.Tensor, _pre: Preprocess, _scan: scans.Scan) -> bytes:
-    return compute.png(scans.render(_model, _images, _pre, _scan, method, list(filters)))
+               _model: nn.Module, _images: torch.Tensor, _pre: Preprocess, _scan: scans.Scan,
+               classes: tuple[str, ...] = (), _labels: torch.Tensor | None = None) -> bytes:
+    return compute.png(scans.render(_model, _images, _pre, _scan, method, list(filters), classes, _labels))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -69,14 +70,23 @@ def grid_columns(n: int) -> int:
     return max(1, min(n, math.ceil(math.sqrt(n * 2.5))))
 
 
-def reconstruction_grid(model: nn.Module, x: torch.Tensor, layer: str, method: str) -> Image.Image:
-    """Every filter's reconstruction (at its strongest position) in one labelled grid image."""
+def reconstruction_grid(model: nn.Module, x: torch.Tensor, layer: str, method: str,
+                        classes: Sequence[str] = ()) -> Image.Image:
+    """Every filter's reconstruction (at its strongest position) in one labelled grid image; on the class layer
+    (conv9, whose channels are the class scores) the tiles are named by class."""
     n = num_filters(model, layer, x.shape[-1])
     signals = vis.reconstruct(model, x, method=method, layer=layer, channel=list(range(n)))[0]
     tiles = torch.stack([render.to_image(s) for s in signals])
     cols = grid_columns(n)
     scale = TILE_SCALE if cols * (tiles.shape[-1] * TILE_SCALE + 1) <= GRID_MAX_PX else 1
-    return render.grid(tiles, cols, pad=1, labels=[str(i) for i in range(n)], scale=scale)
+    return render.grid(tiles, cols, pad=1, labels=tile_labels(model, layer, n, classes), scale=scale)
+
+
+def tile_labels(model: nn.Module, layer: str, n: int, classes: Sequence[str]) -> list[str]:
+    """Filter numbers, or class names on the model's class layer."""
+    if classes and len(classes) == n and figure2.class_layer(model, n) == layer:
+        return list(classes)
+    return [str(i) for i in range(n)]
 
 
 @dataclass

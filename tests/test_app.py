@@ -211,3 +211,15 @@ def test_concurrent_sessions_get_their_own_method(env: dict[str, Path]) -> None:
     for t in threads:
         t.join()
     assert got == alone and alone["guided"] != alone["backprop"]
+
+
+def test_class_layer_is_named_by_class(env: dict[str, Path]) -> None:
+    """conv9's channels are the classes: grid tiles and Figure 2 rows say which (not 0-9)."""
+    from app import compute
+
+    model = create("all-cnn-c").eval()
+    assert compute.tile_labels(model, "conv9", 10, CLASSES) == CLASSES
+    assert compute.tile_labels(model, "conv6", 192, CLASSES)[:3] == ["0", "1", "2"]
+    assert compute.tile_labels(model, "conv9", 10, CLASSES[:5]) == [str(i) for i in range(10)]  # wrong class list
+    at = ok(run({"view": "Layer", "layer": "conv9"}))
+    assert captions(at)[0].startswith("Figure 2 for conv9 (guided)")

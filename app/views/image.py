@@ -38,7 +38,8 @@ def _grid(sel: Selection, x: torch.Tensor) -> None:
     """The layer's reconstruction grid as one PNG; clicking a tile picks that filter (a fresh chart per pick, so
     clicking the same tile again after moving the slider still counts)."""
     assert sel.picked is not None
-    png = cache.grid_png(sel.stamp, sel.picked.key, sel.layer, sel.method, sel.model, x)
+    png = cache.grid_png(sel.stamp, sel.picked.key, sel.layer, sel.method, sel.model, x,
+                         tuple(sel.meta.classes) if sel.meta else ())
     n = cache.num_filters(sel.stamp, sel.layer, sel.model)
     key = f"grid-{sel.layer}-{sel.channel}"
     st.vega_lite_chart(spec=tiles.spec(png, n, compute.grid_columns(n), sel.channel), key=key, width="content",

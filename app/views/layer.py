@@ -32,8 +32,9 @@ def render(sel: Selection) -> None:
     try:
         s = cache.scan(sel.stamp, sel.source, sel.split, sel.layer, len(images), sel.model, images,
                        sel.meta.preprocess, update)
+        labels = (sel.data.y_test if sel.split == "test" else sel.data.y_train)[:limit]
         png = cache.figure_png(sel.stamp, sel.source, sel.split, sel.layer, len(images), sel.method, filters,
-                               sel.model, images, sel.meta.preprocess, s)
+                               sel.model, images, sel.meta.preprocess, s, tuple(sel.meta.classes), labels)
     except AllconvError as e:
         bar.empty()
         sel.errors.append(str(e))
