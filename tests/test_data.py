@@ -380,3 +380,16 @@ def test_damaged_zip_member_names_the_member(tmp_path: Path) -> None:
     with pytest.raises(AllconvError, match=r"^train/dog/0001.png: unreadable \(Bad CRC-32.*\); the archive or file "
                        r"is damaged$"):
         data.load(tmp_path / "toy.zip", cache_dir=tmp_path / "c")
+
+
+def test_undo_inverts_the_network_input() -> None:
+    """undo(pre(x)) is the image again: exactly x/255 for standardization; for ZCA (which normalizes each image's
+    contrast) x up to its own affine range, i.e. min-max scaled per image."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    std = Preprocess.fit("standardize", x)
+    torch.testing.assert_close(std.undo(std(x)), x / 255.0, atol=1e-6, rtol=0)
+    zca = Preprocess.fit("zca", x)
+    flat = x.flatten(1).float()
+    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    torch.testing.assert_close(zca.undo(zca(x)).flatten(1), (flat - lo) / (hi - lo), atol=2e-4, rtol=0)
