@@ -4,9 +4,10 @@ By default it loads the shipped All-CNN-C (else the newest local run), scans the
 ``figure2-<layer>.png`` and the raw arrays ``figure2-<layer>.npz`` (reusable by the app: ``vis.figure2.load_scan``)
 under ``out/vis/<checkpoint>/``. ``--image`` instead visualizes one image: it prints how the image was read (crop,
 transparency, bit depth) and the prediction, and draws per chosen filter its activation map and reconstructions.
-``--filter-maps`` draws the layer's weights, and alone nothing else (no scan). The default filters are the first 16
-(all of a smaller layer, e.g. conv9's 10 classes). Bad input ends with a one-line ``error: ...`` on stderr and exit
-code 2.
+``--model torchvision:NAME`` (with ``--weights DEFAULT|FILE``) visualizes a torchvision classifier instead of a
+checkpoint (see ``vis.sources``); ``--list-layers`` prints the layers ``--layer`` takes. ``--filter-maps`` draws the
+layer's weights, and alone nothing else (no scan). The default filters are the first 16 (all of a smaller layer,
+e.g. conv9's 10 classes). Bad input ends with a one-line ``error: ...`` on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .maps import activations, filter_maps, resolve_layer
 from .modes import METHODS
 from .reconstruct import reconstruct
 from .scan import save_scan, scan_layers
+from .sources import PREFIX, Source, list_layers, open_source, read_image
 
 PROG = "allconv-visualize"
 DEFAULT_FILTERS = 16  # without --filters: the first 16 filters, or all of a smaller layer
@@ -49,13 +51,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  "deconvnet, backprop reconstructions) for a layer, or one image's reconstructions.")
     ap.add_argument("--checkpoint", help="a .safetensors file or run dir (default: the shipped All-CNN-C, else the "
                     "newest run under runs/)")
+    ap.add_argument("--model", help="torchvision:NAME (e.g. torchvision:resnet18) instead of a checkpoint")
+    ap.add_argument("--weights", help="with --model: DEFAULT (torchvision's, downloaded), or a state dict file "
+                    "(.pth/.pt or .safetensors); none: random init")
+    ap.add_argument("--list-layers", action="store_true", help="print the layers --layer takes, with their output "
+                    "shapes, and exit")
     ap.add_argument("--layer", default="conv6", help="layer name, e.g. conv6 (default); a comma list shares one scan")
     ap.add_argument("--method", default="all", help=f"{', '.join(METHODS)} or all (default)")
     ap.add_argument("--filters", help="filter indices: ranges and commas, e.g. 0-3,7 (default: the first 16, 0-15, "
                     "or all of a layer with fewer)")
     ap.add_argument("--top-k", type=int, help="patches per filter (default 10)")
     ap.add_argument("--image", help="visualize this image instead of scanning a dataset (any size or mode: "
-                    "center-cropped to a square, transparency on grey, resized to 32x32; prints what was done)")
+                    "center-cropped, transparency on grey, resized to the model's input, 32x32 for our nets, 224x224 "
+                    "for torchvision's; prints what was done)")
     ap.add_argument("--filter-maps", action="store_true", help="write the layer's filter weights as a PNG; alone it "
                     "draws only those (add --image, or a scan option such as --limit, for more)")
     ap.add_argument("--data", help="dataset: cifar10, an .npz, an image folder or archive (default: CIFAR-10 from "
@@ -65,7 +73,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--split", choices=["test", "train"], help="the split to scan (default test)")
     ap.add_argument("--limit", type=int, help="scan only the first N images of the split")
     ap.add_argument("--batch-size", type=int, default=500, help="images per scan batch (default 500)")
-    ap.add_argument("--scale", type=int, default=3, help="tile upscaling factor, nearest neighbour (default 3)")
+    ap.add_argument("--scale", type=int, help="tile upscaling factor, nearest neighbour (default 3; 1 for inputs "
+                    "over 64 px, e.g. torchvision's 224)")
     ap.add_argument("--out", help="output folder (default out/vis/<checkpoint name>/)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available, default), cpu, cuda or cuda:N")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
@@ -106,37 +115,34 @@ def _fail(message: str) -> int:
 
 def run(args: argparse.Namespace) -> list[str]:
     """Do what the arguments ask; return the summary lines (files written, timings)."""
-    from allconv import checkpoint
-
     _check_numbers(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = parse_methods(args.method)
-    image, how = _read_image(args.image) if args.image else (None, "")  # fail fast, before loading anything else
     device = _device(args.device)
-    path = _checkpoint_path(args.checkpoint)
-    model, meta = checkpoint.load(path, device=device)
-    if meta.preprocess is None:
-        raise AllconvError(f"{path} stores no preprocessing statistics; re-save it with allconv-train")
+    src = open_source(args.model, args.checkpoint, args.weights, device)
+    if args.list_layers:
+        return [src.label, *src.notes, *list_layers(src, device)]
+    image, how = read_image(src, args.image) if args.image else (None, "")
+    args.scale = args.scale or (3 if src.size <= 64 else 1)
     layers = [s for s in args.layer.replace(" ", "").split(",") if s]
     if not layers:
-        raise AllconvError("--layer is empty; give a layer name such as conv6")
-    filters = {layer: _filters(args.filters, _num_filters(model, layer, device)) for layer in layers}
-    out = Path(args.out) if args.out else Path("out") / "vis" / _stem(path)
-    lines = [f"checkpoint: {path} ({meta.model}, {device})"]
-    classes = list(meta.classes)
-    if len(classes) != meta.num_classes:  # no (or inconsistent) names stored: number them
-        classes = [f"class {i}" for i in range(meta.num_classes)]
-    who = _stem(path) if _stem(path) == meta.model else f"{_stem(path)} ({meta.model})"
-    names = {"net": who, "classes": classes}
+        raise AllconvError("--layer is empty; give a layer name such as conv6 (--list-layers shows them)")
+    filters = {layer: _filters(args.filters, _num_filters(src, layer, device)) for layer in layers}
+    out = Path(args.out) if args.out else Path("out") / "vis" / src.name
+    lines = [src.label, *src.notes]
+    names = {"net": src.display, "classes": src.classes}
     if image is not None:
         lines += [f"image {args.image}: {how}"]
-        lines += _image_mode(model, meta.preprocess, image, args, filters, methods, out, device, names)
+        lines += _image_mode(src.model, src.preprocess, image, args, filters, methods, out, device, names)
     elif args.wants_scan:
-        lines += _figure_mode(model, meta.preprocess, args, filters, methods, out, device, names)
+        if src.torchvision:
+            raise AllconvError(f"Figure 2 scans of {PREFIX}{src.name} are not supported yet (they need "
+                               f"{src.size}x{src.size} images); use --image FILE, --filter-maps or --list-layers")
+        lines += _figure_mode(src.model, src.preprocess, args, filters, methods, out, device, names)
     if args.filter_maps:
         for layer in layers:
-            lines += _filter_maps(model, layer, filters[layer], out, args.scale, names)
+            lines += _filter_maps(src.model, layer, filters[layer], out, args.scale, names)
     return lines
 
 
@@ -217,12 +223,6 @@ def _dataset(args: argparse.Namespace, classes: list[str]) -> tuple[torch.Tensor
 
 # --- one image -----------------------------------------------------------------------------------------------------
 
-def _read_image(path: str) -> tuple[torch.Tensor, str]:
-    from allconv.image import load_image_described
-
-    return load_image_described(path, size=32)
-
-
 def _image_mode(model: nn.Module, pre: Preprocess, raw: torch.Tensor, args: argparse.Namespace,
                 filters: dict[str, list[int]], methods: list[str], out: Path, device: torch.device,
                 names: dict) -> list[str]:
@@ -277,33 +277,14 @@ def _filter_maps(model: nn.Module, layer: str, filters: list[int], out: Path, sc
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 
-def _num_filters(model: nn.Module, layer: str, device: torch.device) -> int:
+def _num_filters(src: Source, layer: str, device: torch.device) -> int:
     """How many channels ``layer`` outputs (an unknown layer -> the one-line list of valid ones)."""
-    resolve_layer(model, layer)
-    fmap = activations(model, torch.zeros(1, 3, 32, 32, device=device), layer)
+    resolve_layer(src.model, layer)
+    fmap = activations(src.model, torch.zeros(1, 3, src.size, src.size, device=device), layer)
     if fmap.ndim != 4:
         raise AllconvError(f"layer {layer!r} gives shape {tuple(fmap.shape)}, not feature maps; pick a conv layer "
-                           "such as conv6")
+                           "(--list-layers shows them)")
     return int(fmap.shape[1])
-
-
-def _checkpoint_path(given: str | None) -> Path:
-    from allconv.checkpoint import default_checkpoint
-
-    if given:
-        return Path(given)
-    found = default_checkpoint()
-    if found is None:
-        raise AllconvError("no checkpoint found (no shipped checkpoints/all-cnn-c.safetensors, no runs/*/"
-                           "model.safetensors); train one with allconv-train or pass --checkpoint PATH")
-    return Path(found)
-
-
-def _stem(path: Path) -> str:
-    """``checkpoints/all-cnn-c.safetensors`` -> ``all-cnn-c``; a run dir or its model.safetensors -> the run's name."""
-    if path.is_dir():
-        return path.resolve().name
-    return path.resolve().parent.name if path.name == "model.safetensors" else path.stem
 
 
 def _device(name: str) -> torch.device:

@@ -46,8 +46,8 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of each row of ``a`` with the same row of ``b``; identical rows give exactly 1. Where a row
-    is constant the correlation is undefined: 1 if the two rows are identical (e.g. both all-zero maps), else NaN, never 0, which would read as
-    "completely changed" (guided and backprop maps go blank above a dead layer)."""
+    is constant the correlation is undefined: NaN, never 0, which would read as "completely changed" (guided and
+    backprop maps go blank above a dead layer)."""
     same = (a == b).all(-1)
     a = a.double() - a.double().mean(-1, keepdim=True)
     b = b.double() - b.double().mean(-1, keepdim=True)
