@@ -3,8 +3,9 @@
 Walks the model's leaf modules in registration order -- forward order for chain nets like our 12 nets and VGG -- up to
 and including ``layer``, composing each Conv2d / MaxPool2d / AvgPool2d (kernel, stride, padding, dilation):
 ``size += (k_eff - 1) * jump``, ``start -= padding * jump``, ``jump *= stride``. Global (adaptive) pooling widens the
-field to the whole map. Nets with parallel branches (ResNet's downsample path) are walked as if chained, so their
-figures are only an upper bound there.
+field to the whole map. Only chain nets are handled: a net with parallel branches (ResNet's downsample path) is
+walked as if chained, which counts the branch's stride too (ResNet-18's layer2 comes out at stride 16, not 8), so
+its figures are wrong there; ``allconv-visualize`` therefore scans only our nets.
 """
 
 from __future__ import annotations
