@@ -65,7 +65,7 @@ def test_grid_image_is_the_selected_methods_reconstruction(env: dict[str, Path])
 
     model, meta = load(env["ckpt"])
     x = compute.model_input(load_data(env["data"]).x_test[0], meta.preprocess)  # the page's image: tiny test #0
-    want = {m: compute.png(compute.reconstruction_grid(model, x, "conv9", m)) for m in vis.METHODS}
+    want = {m: compute.png(compute.reconstruction_grid(model, x, "conv9", m, meta.classes)) for m in vis.METHODS}
     assert len(set(want.values())) == len(want)  # the three methods draw three different grids
     at = ok(run({"layer": "conv9"}))
     for method in vis.METHODS:

@@ -235,3 +235,47 @@ def test_grid_and_pil() -> None:
         grid(tiles, nrow=0)
     with pytest.raises(AllconvError, match=r"\(N, 3, h, w\)"):
         grid(torch.rand(3, 4, 4))
+
+
+class _Residual(nn.Module):
+    """A strided block with a 1x1 stride-2 shortcut (ResNet's downsample): walked as a chain, its stride doubles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.a = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.down = nn.Conv2d(4, 4, 1, stride=2)
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.b(torch.relu(self.a(x))) + self.down(x))
+        return self.c(y)
+
+
+def test_receptive_field_of_a_branched_net_equals_gradient_support() -> None:
+    torch.manual_seed(0)
+    model = _Residual().double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+    x = torch.rand(1, 3, 24, 24, dtype=torch.float64) + 0.1
+    for layer, stride in (("b", 2), ("down", 2), ("c", 2)):
+        rf = receptive_field(model, layer, position=(5, 6), input_size=(24, 24))
+        g = reconstruct(model, x, method="backprop", layer=layer, channel=0, position=(5, 6))[0].abs().sum(0)
+        rows, cols = (g > 0).nonzero().unbind(1)
+        top, left, bottom, right = rf.box()
+        assert rf.stride == stride and (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (top, bottom, left,
+                                                                                                  right), layer
+
+
+def test_torchvision_resnet_strides_follow_the_main_path() -> None:
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    got = {n: receptive_field(model, n, input_size=(64, 64)).stride for n in ("layer1", "layer2", "layer3", "layer4")}
+    assert got == {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+    assert receptive_field(model, "layer1.0.conv1", input_size=(64, 64)).size == 19  # 7 + 4 (pool 3x3 at 2) + 8
+    with pytest.raises(AllconvError, match="no receptive field"):
+        receptive_field(model, "fc", input_size=(64, 64))
