@@ -103,15 +103,18 @@ class Detail:
 
 
 def filter_detail(model: nn.Module, x: torch.Tensor, image: torch.Tensor, layer: str, channel: int) -> Detail:
-    """The three methods side by side for ``channel`` of ``layer``, its activation map and its RF input patch."""
-    recons = {m: render.to_pil(render.to_image(vis.reconstruct(model, x, method=m, layer=layer, channel=channel)[0]))
-              for m in vis.METHODS}
+    """The three methods side by side for ``channel`` of ``layer``, its activation map and its RF input patch. The
+    reconstructions are cropped to the strongest unit's receptive field (nothing lies outside it) and enlarged like
+    the patch, so the signal fills the close-up instead of a corner of the 32x32 frame."""
     fmap = vis.activations(model, x, layer)[0, channel]
     h, w = fmap.shape
     flat = int(fmap.argmax())
     pos = (flat // w, flat % w)
     top, left, bottom, right = (int(v) for v in receptive_field(model, layer, input_size=tuple(x.shape[-2:])).box(*pos))
     patch = image[:, top:bottom, left:right]
+    signals = {m: vis.reconstruct(model, x, method=m, layer=layer, channel=channel, position=pos)[0]
+               for m in vis.METHODS}
+    recons = {m: render.to_pil(render.to_image(s[:, top:bottom, left:right])) for m, s in signals.items()}
     return Detail(recons={m: enlarge(r) for m, r in recons.items()},
                   activation=enlarge(render.to_pil(render.heatmap(fmap))), patch=uint8_image(patch),
                   value=float(fmap.max()), position=pos, box=(top, left, bottom, right), map_size=(h, w))

@@ -18,7 +18,7 @@ def test_image_view_shows_image_top5_grid_and_detail(env: dict[str, Path]) -> No
     at = ok(run())
     caps = captions(at)
     assert caps[0] == "tiny test #0 (airplane)"
-    assert caps[1:4] == ["guided", "deconvnet", "backprop"]
+    assert caps[1:4] == [f"{m} (its receptive field)" for m in ("guided", "deconvnet", "backprop")]
     assert caps[4].startswith("activation 32x32") and caps[5].startswith("receptive field rows")
     assert grid_caption(at).startswith("conv1, guided: each filter's reconstruction")
     spec = grid_spec(at)
@@ -223,3 +223,20 @@ def test_class_layer_is_named_by_class(env: dict[str, Path]) -> None:
     assert compute.tile_labels(model, "conv9", 10, CLASSES[:5]) == [str(i) for i in range(10)]  # wrong class list
     at = ok(run({"view": "Layer", "layer": "conv9"}))
     assert captions(at)[0].startswith("Figure 2 for conv9 (guided)")
+
+
+def test_close_ups_are_cropped_to_the_receptive_field(env: dict[str, Path]) -> None:
+    """The reconstructions fill the close-up: cut to the unit's receptive field, the same box as the input patch."""
+    import vis
+    from app import compute
+
+    torch.manual_seed(0)
+    model = create("all-cnn-c").eval()
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    x = image.float().unsqueeze(0) / 255
+    d = compute.filter_detail(model, x, image, "conv3", 5)
+    t, l, b, r = d.box
+    assert (b - t, r - l) != (32, 32) and all(img.size == d.patch.size for img in d.recons.values())
+    full = vis.reconstruct(model, x, method="guided", layer="conv3", channel=5, position=d.position)[0]
+    assert full[:, :t].abs().sum() == 0 and full[:, b:].abs().sum() == 0  # nothing is cut off
+    assert full[:, :, :l].abs().sum() == 0 and full[:, :, r:].abs().sum() == 0

@@ -61,7 +61,7 @@ def _detail(sel: Selection, x: torch.Tensor) -> None:
     st.subheader(f"{sel.layer} filter {sel.channel}")
     cols = st.columns(len(vis.METHODS) + 2)
     for col, m in zip(cols, vis.METHODS):
-        col.image(compute.png(d.recons[m]), caption=m, output_format="PNG")
+        col.image(compute.png(d.recons[m]), caption=f"{m} (its receptive field)", output_format="PNG")
     h, w = d.map_size
     cols[-2].image(compute.png(d.activation), caption=f"activation {h}x{w}, max {d.value:.3g} at {d.position}",
                    output_format="PNG")
