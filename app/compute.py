@@ -19,7 +19,7 @@ from torch import nn
 import vis
 from allconv.errors import AllconvError
 from allconv.preprocess import Preprocess
-from vis import figure2, render
+from vis import figure2, layout, render
 from vis.receptive import receptive_field
 from vis.sanity import randomization_check
 
@@ -116,7 +116,8 @@ def filter_detail(model: nn.Module, x: torch.Tensor, image: torch.Tensor, layer:
                for m in vis.METHODS}
     recons = {m: render.to_pil(render.to_image(s[:, top:bottom, left:right])) for m, s in signals.items()}
     return Detail(recons={m: enlarge(r) for m, r in recons.items()},
-                  activation=enlarge(render.to_pil(render.heatmap(fmap))), patch=uint8_image(patch),
+                  activation=layout.activation_panel(fmap[None], (h, w), max(1, BIG // max(h, w))),
+                  patch=uint8_image(patch),
                   value=float(fmap.max()), position=pos, box=(top, left, bottom, right), map_size=(h, w))
 
 
@@ -130,9 +131,9 @@ def weights_image(model: nn.Module, layer: str, channel: int) -> tuple[Image.Ima
         return render.grid(tiles, grid_columns(c_out), pad=1, labels=[str(i) for i in range(c_out)],
                            scale=max(1, 48 // k)), caption
     if k == 1:
-        mat = render.heatmap(w[:, :, 0, 0])
-        caption = f"{layer} is a 1x1 conv: its {c_out} x {c_in} weight matrix (rows: filters, columns: inputs)"
-        return enlarge(render.to_pil(mat), min(900, max(300, c_in * 4))), caption
+        caption = (f"{layer} is a 1x1 conv: its {c_out} x {c_in} weight matrix (rows: filters, columns: inputs; "
+                   "the bar gives the colour scale)")
+        return layout.activation_panel(w[None, :, :, 0, 0], (c_out, c_in), max(1, 400 // max(c_out, c_in))), caption
     kernels = w[channel]
     tiles = torch.stack([render.to_image(kr.unsqueeze(0).expand(3, k, k)) for kr in kernels])
     caption = f"filter {channel} of {layer}: its {c_in} {k}x{k} kernels, one per input channel"

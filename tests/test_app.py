@@ -237,6 +237,7 @@ def test_close_ups_are_cropped_to_the_receptive_field(env: dict[str, Path]) -> N
     d = compute.filter_detail(model, x, image, "conv3", 5)
     t, l, b, r = d.box
     assert (b - t, r - l) != (32, 32) and all(img.size == d.patch.size for img in d.recons.values())
+    assert d.activation.width > d.activation.height  # the heatmap has its colour bar beside it
     full = vis.reconstruct(model, x, method="guided", layer="conv3", channel=5, position=d.position)[0]
     assert full[:, :t].abs().sum() == 0 and full[:, b:].abs().sum() == 0  # nothing is cut off
     assert full[:, :, :l].abs().sum() == 0 and full[:, :, r:].abs().sum() == 0
