@@ -24,6 +24,7 @@ from allconv.data import load as load_data
 from allconv.preprocess import Preprocess
 
 from . import compute, scans
+from .config import SCAN_TOP_K
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading checkpoint...")
@@ -84,7 +85,8 @@ def scan(stamp: str, source: str, split: str, layer: str, limit: int, model: nn.
         if key in _SCANS:
             _SCANS.move_to_end(key)
             return _SCANS[key]
-    disk_key = {"checkpoint": stamp, "data": source, "split": split, "layer": layer, "limit": limit}
+    disk_key = {"checkpoint": stamp, "data": source, "split": split, "layer": layer, "limit": limit,
+                "top_k": SCAN_TOP_K}
     s = scans.load_or_compute(disk_key, model, images, pre, progress)
     with _SCANS_LOCK:
         _SCANS[key] = s
@@ -94,10 +96,11 @@ def scan(stamp: str, source: str, split: str, layer: str, limit: int, model: nn.
 
 
 @st.cache_data(max_entries=64, show_spinner="Reconstructing the top patches...")
-def figure_png(stamp: str, source: str, split: str, layer: str, limit: int, method: str, filters: tuple[int, ...],
+def figure_png(stamp: str, source: str, split: str, layer: str, limit: int, methods: tuple[str, ...],
+               filters: tuple[int, ...],
                _model: nn.Module, _images: torch.Tensor, _pre: Preprocess, _scan: scans.Scan,
                classes: tuple[str, ...] = (), _labels: torch.Tensor | None = None) -> bytes:
-    return compute.png(scans.render(_model, _images, _pre, _scan, method, list(filters), classes, _labels))
+    return compute.png(scans.render(_model, _images, _pre, _scan, list(methods), list(filters), classes, _labels))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

@@ -94,12 +94,12 @@ def load_or_compute(key: dict[str, object], model: nn.Module, images: torch.Tens
     return s
 
 
-def render(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, s: Scan, method: str,
+def render(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, s: Scan, methods: Sequence[str],
            filters: list[int], classes: Sequence[str] = (), labels: torch.Tensor | None = None) -> Image.Image:
-    """Figure 2 for ``filters`` with one method, drawn on a copy so the cached scan is never mutated; tiles of small
+    """Figure 2 for ``filters`` with ``methods`` side by side, drawn on a copy so the cached scan is never mutated; tiles of small
     receptive fields are upscaled more, so every layer's figure reads at a similar size. On the class layer, rows
     are named by ``classes`` and each patch by its image's label."""
     work = dataclasses.replace(s, recons={}, seconds=dict(s.seconds))
     scale = max(2, min(10, TILE_PX // max(1, min(s.rf_size, *s.image_size))))
-    return figure2.render_scan(model, images, preprocess, work, methods=[method], filters=filters, scale=scale,
+    return figure2.render_scan(model, images, preprocess, work, methods=list(methods), filters=filters, scale=scale,
                                classes=list(classes) or None, labels=labels)

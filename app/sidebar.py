@@ -79,17 +79,25 @@ def checkpoint_input(sel: Selection) -> None:
 
 
 def data_input(sel: Selection) -> None:
-    """The dataset to browse (``$ALLCONV_DATA`` by default) and its split."""
-    sel.source = st.sidebar.text_input("Dataset", value=data_source(), key="data", bind=Q,
-                                       placeholder="CIFAR-10 (offline copy)",
-                                       help="empty = CIFAR-10; or cifar100, or an .npz file, image folder or archive "
-                                            "under a data folder the server offers").strip()
+    """The dataset to browse (``$ALLCONV_DATA`` by default, shown by name only: its path stays on the server) and its
+    split."""
+    default = data_source()
+    typed = st.sidebar.text_input("Dataset", key="data", bind=Q,
+                                  placeholder=f"the server's dataset ({_name(default)})" if default else "CIFAR-10",
+                                  help="empty = the server's dataset; or cifar10, cifar100, or an .npz file, image "
+                                       "folder or archive under a data folder the server offers").strip()
+    sel.source = typed or default
     sel.split = st.sidebar.segmented_control("Split", ["test", "train"], default="test", key="split", bind=Q,
                                              required=True) or "test"
     try:
         sel.data = cache.dataset(allow.open_dataset(sel.source))
     except AllconvError as e:
         sel.errors.append(f"dataset: {e}")
+
+
+def _name(source: str) -> str:
+    """A dataset source as a visitor may see it: a name, or a path's last part."""
+    return Path(source).name or source
 
 
 def image_input(sel: Selection) -> None:

@@ -123,12 +123,12 @@ def test_bad_upload_is_one_error_and_the_page_keeps_working(env: dict[str, Path]
 
 def test_layer_view_draws_figure2_and_saves_the_scan(env: dict[str, Path]) -> None:
     at = ok(run({"view": "Layer", "layer": "conv2", "filter": "3"}))
-    assert [s.value for s in at.subheader] == ["conv2: top 9 test patches of filters 3-10"]
-    assert len(at.image) == 1 and captions(at)[0].startswith("Figure 2 for conv2 (guided)")
-    assert "of 20 test images" in captions(at)[0]
+    assert [s.value for s in at.subheader] == ["conv2: top 10 test patches of filters 3-10"]
+    assert len(at.image) == 1 and captions(at)[0].startswith("Figure 2 for conv2 (guided, deconvnet, backprop)")
+    assert "the 10 strongest of 20 test images" in captions(at)[0]  # top-10, as the CLI
     assert list((env["root"] / "cache" / "scans").glob("conv2-*.npz"))
-    at.sidebar.segmented_control(key="method").set_value("deconvnet").run()
-    assert captions(ok(at))[0].startswith("Figure 2 for conv2 (deconvnet)")
+    at.sidebar.segmented_control(key="method").set_value("deconvnet").run()  # the Image view's choice: same figure
+    assert captions(ok(at))[0].startswith("Figure 2 for conv2 (guided, deconvnet, backprop)")
 
 
 def test_layer_view_bad_scan_limit(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,7 +222,7 @@ def test_class_layer_is_named_by_class(env: dict[str, Path]) -> None:
     assert compute.tile_labels(model, "conv6", 192, CLASSES)[:3] == ["0", "1", "2"]
     assert compute.tile_labels(model, "conv9", 10, CLASSES[:5]) == [str(i) for i in range(10)]  # wrong class list
     at = ok(run({"view": "Layer", "layer": "conv9"}))
-    assert captions(at)[0].startswith("Figure 2 for conv9 (guided)")
+    assert captions(at)[0].startswith("Figure 2 for conv9 (guided, deconvnet, backprop)")
 
 
 def test_close_ups_are_cropped_to_the_receptive_field(env: dict[str, Path]) -> None:

@@ -190,7 +190,7 @@ def test_app_in_a_real_browser(app_url: str, tmp_path: Path) -> None:
                 files=[{"name": "red.png", "mimeType": "image/png", "buffer": _png((220, 30, 30))}])
             _settle(page, "uploaded red.png: 48x40 RGB: center-cropped to 40x40, resized to 32x32", "conv3 filter 21")
 
-            views = {"Layer": ["Figure 2 for conv3 (deconvnet)"], "Filters": ["Weights of conv3"],
+            views = {"Layer": ["Figure 2 for conv3 (guided, deconvnet, backprop)"], "Filters": ["Weights of conv3"],
                      "Models": ["Table 3: CIFAR-10 test error", "Training curves"],
                      "Sanity": ["Model randomization check: predicted class"]}
             for view, texts in views.items():

@@ -195,6 +195,13 @@ def test_hostile_dataset_links_are_refused_without_a_walk(env: dict[str, Path], 
     assert len(at.image) == 0 or "upload" in at.info[0].value  # the page stays usable: an upload still works
 
 
+def test_the_operators_dataset_path_stays_on_the_server(env: dict[str, Path]) -> None:
+    at = ok(run())
+    field = at.sidebar.text_input(key="data")
+    assert field.value == "" and field.placeholder == "the server's dataset (tiny.npz)"
+    assert captions(at)[0] == "tiny test #0 (airplane)"
+
+
 def test_without_a_data_root_only_names_and_the_operators_dataset_open(env: dict[str, Path], tmp_path: Path) -> None:
     from app import allow
 
@@ -240,7 +247,7 @@ def test_chunked_scan_equals_one_pass(env: dict[str, Path]) -> None:
     pre = Preprocess.fit("standardize", images)
     seen: list[tuple[int, int]] = []
     chunked = scans.compute(model, images, pre, "conv3", "test", progress=lambda d, t: seen.append((d, t)), chunk=10)
-    whole = figure2.scan(model, images, pre, layer="conv3", top_k=9, progress=False)
+    whole = figure2.scan(model, images, pre, layer="conv3", top_k=10, progress=False)
     assert seen == [(10, 23), (20, 23), (23, 23)] and chunked.num_images == 23
     np.testing.assert_allclose(chunked.values, whole.values, rtol=1e-5)
     np.testing.assert_array_equal(chunked.image_index, whole.image_index)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import vis
 from allconv.errors import AllconvError
 
 from .. import cache, config
@@ -33,14 +34,14 @@ def render(sel: Selection) -> None:
         s = cache.scan(sel.stamp, sel.source, sel.split, sel.layer, len(images), sel.model, images,
                        sel.meta.preprocess, update)
         labels = (sel.data.y_test if sel.split == "test" else sel.data.y_train)[:limit]
-        png = cache.figure_png(sel.stamp, sel.source, sel.split, sel.layer, len(images), sel.method, filters,
+        png = cache.figure_png(sel.stamp, sel.source, sel.split, sel.layer, len(images), vis.METHODS, filters,
                                sel.model, images, sel.meta.preprocess, s, tuple(sel.meta.classes), labels)
     except AllconvError as e:
         bar.empty()
         sel.errors.append(str(e))
         return
     bar.empty()
-    st.image(png, caption=f"Figure 2 for {sel.layer} ({sel.method}): rows are filters, columns the {s.top_k} "
+    st.image(png, caption=f"Figure 2 for {sel.layer} ({', '.join(vis.METHODS)}): rows are filters, columns the {s.top_k} "
              f"strongest of {s.num_images} {sel.split} images; receptive field {s.rf_size}x{s.rf_size} px",
              output_format="PNG")
     st.caption("Move the Filter slider to page through filters; the figure shows it and the next "
