@@ -27,7 +27,7 @@ from .config import checkpoint_dirs, data_roots, data_source, preferred_checkpoi
 MAX_CHECKPOINT_BYTES = 1 << 30  # torchvision's largest classifiers are ~0.5 GB; our nets are a few MB
 NO_CHECKPOINT = ("that checkpoint is not one this server offers: pick one from the Checkpoint list (the operator "
                  "can offer more with allconv-app --checkpoint-dir DIR)")
-NO_DATASET = (f"that dataset is not one this server offers: leave the field empty for CIFAR-10, or give "
+NO_DATASET = (f"that dataset is not one this server offers: leave the field empty for the server's dataset, or give "
               f"{' or '.join(NAMED)}, or a name under a data folder the operator offers (allconv-app --data-root DIR)")
 _ABS_PATH = re.compile(r"(?<![\w.~-])(?:~|[A-Za-z]:)?[/\\][^\s'\"():,;]+")
 
@@ -56,6 +56,8 @@ def open_checkpoint(text: str, choices: dict[str, Path]) -> Path:
         if not offered(path):
             raise AllconvError(NO_CHECKPOINT)
     weights = checkpoint.model_file(path)
+    if weights.is_symlink() and not offered(_real(weights)):  # a run's model file linked out of the folders
+        raise AllconvError(NO_CHECKPOINT)
     if not weights.is_file():  # inside an allowed folder: saying so reveals nothing (the page cuts the path)
         raise AllconvError(f"checkpoint not found: {path} (pass a run directory or a .safetensors file)")
     if (size := weights.stat().st_size) > MAX_CHECKPOINT_BYTES:

@@ -166,6 +166,17 @@ def test_hostile_checkpoint_links_get_one_neutral_message(env: dict[str, Path], 
         assert not SERVER_PATH.search(page_text(at)) and str(tmp_path) not in page_text(at)
 
 
+def test_a_run_whose_model_file_links_out_is_refused(env: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    where = outside_files(tmp_path, env)
+    run_dir = where["inside"] / "run1"
+    run_dir.mkdir()
+    (run_dir / "model.safetensors").symlink_to(where["out"] / "real.safetensors")
+    offer(monkeypatch, "ALLCONV_CHECKPOINT_DIR", env["ckpts"], where["inside"])
+    at = run({"checkpoint_path": str(run_dir)})
+    assert not at.exception and errors(at) == [NO_CHECKPOINT]
+
+
 def test_a_checkpoint_link_to_a_huge_file_is_refused_unread(env: dict[str, Path], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     big = tmp_path / "big.safetensors"
