@@ -198,7 +198,7 @@ def _nchw(a: np.ndarray, path: Path) -> torch.Tensor:
 def _from_folder(path: Path) -> Splits:
     """An image-folder tree ``{train,test}/<class>/<images>`` from a directory or an archive."""
     splits: dict[str, dict[str, list[tuple[str, Callable[[], bytes]]]]] = {"train": {}, "test": {}}
-    for rel, read in _list_files(path):
+    for rel, read in list_files(path):
         place = _place(rel)
         if place is not None:
             splits[place[0]].setdefault(place[1], []).append((rel, read))
@@ -237,12 +237,14 @@ def _decode(rel: str, read: Callable[[], bytes]) -> torch.Tensor:
         raise AllconvError(f"{rel}: {e}") from None
 
 
-def _list_files(path: Path) -> list[tuple[str, Callable[[], bytes]]]:
-    """Every file as ``(relative name, read)``. Archive members' declared sizes are checked before anything is read;
-    a tar's images are read in one pass (it has no cheap random access), zip members on demand."""
+def list_files(path: Path, wanted: Callable[[str], bool] | None = None) -> list[tuple[str, Callable[[], bytes]]]:
+    """Every file of a folder or archive as ``(relative name, read)``. Archive members' declared sizes are checked
+    before anything is read; a tar's ``wanted`` members (default: images in the ``{train,test}/<class>/`` layout) are
+    read in one pass (it has no cheap random access), zip members on demand."""
+    wanted = wanted or (lambda n: _place(n) is not None)
     if path.is_dir():
         return [(str(p.relative_to(path)), p.read_bytes) for p in sorted(path.rglob("*")) if p.is_file()]
-    check = _size_check(path)
+    check = _size_check(path, wanted)
     try:
         if path.name.endswith(".zip"):
             z = zipfile.ZipFile(path)
@@ -255,21 +257,21 @@ def _list_files(path: Path) -> list[tuple[str, Callable[[], bytes]]]:
             for m in t:
                 if m.isfile():
                     check(m.name, m.size)
-                    if _place(m.name) is not None:
+                    if wanted(m.name):
                         blobs[m.name] = t.extractfile(m).read()  # type: ignore[union-attr]
         return [(n, lambda b=b: b) for n, b in blobs.items()]
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
         raise AllconvError(f"{path}: unreadable archive ({_reason(e)})") from None
 
 
-def _size_check(path: Path) -> Callable[[str, int], None]:
+def _size_check(path: Path, wanted: Callable[[str], bool]) -> Callable[[str, int], None]:
     """A check to call with each archive member's name and declared uncompressed size before anything is read: it
     refuses what no image dataset needs (zip bombs) by the limits above."""
     on_disk, total = max(path.stat().st_size, 1), 0
 
     def check(name: str, size: int) -> None:
         nonlocal total
-        if size > MAX_IMAGE_BYTES and _place(name) is not None:
+        if size > MAX_IMAGE_BYTES and wanted(name):
             raise AllconvError(f"{path}: member {name} declares {_size(size)} uncompressed but no image needs more "
                                f"than {_size(MAX_IMAGE_BYTES)}; the archive is damaged or a zip bomb")
         total += size

@@ -9,6 +9,7 @@ was done, e.g. ``"200x150 RGBA: center-cropped to 150x150, transparency composit
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ def _open(src: Any) -> Image.Image:
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, TypeError,
             AttributeError) as e:  # AttributeError: not a file object (no .read)
         label = src if isinstance(src, (str, Path)) else type(src).__name__
-        raise AllconvError(f"cannot read image {label}: {str(e).splitlines()[0][:100]}; give a PNG, JPEG, BMP or "
+        why = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-f]+>", "", (str(e).splitlines() or [""])[0])[:100]
+        raise AllconvError(f"cannot read image {label}: {why or type(e).__name__}; give a PNG, JPEG, BMP or "
                            "WebP file") from None
 
 

@@ -149,6 +149,23 @@ def test_patches_are_the_rf_with_gray_outside(images, pre) -> None:
     assert (tiles[0, 0, :, :9, :] == PATCH_FILL).all()  # unit (0, 0): its RF starts 9 px above the image
 
 
+def test_receptive_field_longer_than_the_image_gives_the_whole_image(images, pre) -> None:
+    """conv6's RF (19 px) on 16x16 images covers every side: each tile is the whole image, and its signal is the
+    full-image reconstruction, nothing cut off (as for ResNet-50's layer4 on 224 px)."""
+    model, small = _mini(False), images[:8, :, :16, :16].contiguous()
+    s = _all_positions(model, small, pre, "conv6")
+    assert s.rf_size == 19 and s.image_size == (16, 16)
+    tiles, x = figure2.patches(small, s, filters=[3]), pre(small)
+    got = figure2.reconstructions(model, small, pre, s, filters=[3])
+    idx, pos = torch.arange(s.top_k) % 8, torch.from_numpy(s.positions[3])
+    assert tiles.shape == (1, s.top_k, 3, 16, 16) and torch.equal(tiles[0], small[idx])
+    for m in METHODS:
+        full = reconstruct_at(model, x[idx], method=m, layer="conv6", channels=torch.full((s.top_k,), 3),
+                              positions=pos)
+        assert got[m].shape == (1, s.top_k, 3, 16, 16)
+        torch.testing.assert_close(got[m][0], full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
+
+
 # --- save / load ---------------------------------------------------------------------------------------------------
 
 def test_save_load_round_trip(fig, tmp_path: Path) -> None:

@@ -92,6 +92,36 @@ def test_image_with_a_state_dict_file(files, key: str, tmp_path: Path, capsys) -
     assert Image.open(tmp_path / "image-photo-layer2.png").height < 224 * 3  # --scale defaults to 1 at 224
 
 
+def test_figure2_over_a_picture_folder(files, tmp_path: Path, capsys) -> None:
+    """--data FOLDER: pictures read as --image reads one (224x224), named in scan order, the unreadable one skipped;
+    layer4's RF (435 px) is cut to the whole image, and every tile is the scan's pick."""
+    pics = tmp_path / "pics"
+    (pics / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for i, (h, w) in enumerate([(230, 300), (260, 240), (300, 224)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(pics / ("sub" if i else ".") /
+                                                                              f"p{i}.png")
+    (pics / "bad.jpg").write_bytes(b"junk")
+    args = ["--model", MODEL, "--weights", str(files["r18_pth"]), "--data", str(pics), "--layer", "layer2,layer4",
+            "--filters", "0-1", "--top-k", "2", "--method", "guided", "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(args) == 0
+    out, err = _out(capsys)
+    assert not err and out[2].startswith(f"read 3 pictures from {pics} (short side resized to 256, center-cropped")
+    assert out[3].startswith("skipped 1 unreadable file(s), e.g. bad.jpg: cannot read image")
+    assert out[4].startswith("scanned 3 images for layer2, layer4 in ")
+    names = (tmp_path / "out" / "images.txt").read_text().splitlines()
+    assert names == ["0\tp0.png", "1\tsub/p1.png", "2\tsub/p2.png"]
+    src = sources.open_source(MODEL, None, str(files["r18_pth"]), torch.device("cpu"))
+    photos = [sources.read_image(src, str(pics / n.split("\t")[1]))[0].numpy() for n in names]
+    for layer, tile in (("layer2", 99), ("layer4", 224)):
+        z = np.load(tmp_path / "out" / f"figure2-{layer}.npz")
+        assert z["patches"].shape == (2, 2, 3, tile, tile) and z["recon_guided"].shape == (2, 2, 3, tile, tile)
+        assert np.abs(z["recon_guided"]).max() > 0 and set(z["image_index"].ravel()) <= {0, 1, 2}
+        assert Image.open(tmp_path / "out" / f"figure2-{layer}.png").size[0] > 0
+    z = np.load(tmp_path / "out" / "figure2-layer4.npz")  # a layer4 tile is the whole picture its pick names
+    assert all(np.array_equal(z["patches"][f, j], photos[z["image_index"][f, j]]) for f in range(2) for j in range(2))
+
+
 def test_default_weights_use_their_metadata(files, monkeypatch, tmp_path: Path, capsys) -> None:
     """DEFAULT loads torchvision's weights (faked here: no download) with their classes and transforms."""
     state = torch.load(files["r18_pth"], weights_only=True)
@@ -134,8 +164,10 @@ BAD = {
     "no prefix": (["--model", "resnet18"], "error: unknown --model 'resnet18'; give torchvision:NAME"),
     "weights for a checkpoint": (["--model", None, "--weights", "{r18_pth}"], "error: --weights goes with --model"),
     "both sources": (["--checkpoint", "{ck_safetensors}"], "error: give either --model or --checkpoint"),
-    "scan": (["--layer", "layer1", "--limit", "3"], "error: Figure 2 scans of torchvision:resnet18 are not "
-             "supported yet"),
+    "scan without pictures": (["--layer", "layer1", "--limit", "3"], "error: a Figure 2 scan of "
+                              "torchvision:resnet18 needs pictures: give --data FOLDER"),
+    "scan of an npz": (["--layer", "layer1", "--data", "{root}/x.npz"], "error: --data {root}/x.npz: not an image "
+                       "folder"),
 }
 
 
@@ -143,8 +175,9 @@ BAD = {
 def test_bad_input_is_one_line_and_exit_2(files, case: str, capsys) -> None:
     extra, message = BAD[case]
     names = {k: str(v) for k, v in files.items()}
-    argv = ["--model", MODEL, "--list-layers"] if case not in ("unknown model", "no prefix", "scan") else []
-    if case == "scan":
+    scan = case.startswith("scan")
+    argv = ["--model", MODEL, "--list-layers"] if case not in ("unknown model", "no prefix") and not scan else []
+    if scan:
         argv = ["--model", MODEL]
     argv += [a.format(**names) for a in extra if a is not None]
     if None in extra:  # no --model at all

@@ -5,7 +5,8 @@ By default it loads the shipped All-CNN-C (else the newest local run), scans the
 under ``out/vis/<checkpoint>/``. ``--image`` instead visualizes one image: it prints how the image was read (crop,
 transparency, bit depth) and the prediction, and draws per chosen filter its activation map and reconstructions.
 ``--model torchvision:NAME`` (with ``--weights DEFAULT|FILE``) visualizes a torchvision classifier instead of a
-checkpoint (see ``vis.sources``); ``--list-layers`` prints the layers ``--layer`` takes. ``--filter-maps`` draws the
+checkpoint (see ``vis.sources``); its Figure 2 scans the pictures of ``--data FOLDER`` (or archive) at its input size
+(``allconv.imageset``). ``--list-layers`` prints the layers ``--layer`` takes. ``--filter-maps`` draws the
 layer's weights, and alone nothing else (no scan). The default filters are the first 16 (all of a smaller layer,
 e.g. conv9's 10 classes). Bad input ends with a one-line ``error: ...`` on stderr and exit code 2.
 """
@@ -16,6 +17,7 @@ import argparse
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import NoReturn, Sequence
 
@@ -32,7 +34,7 @@ from .maps import activations, filter_maps, resolve_layer
 from .modes import METHODS
 from .reconstruct import reconstruct
 from .scan import save_scan, scan_layers
-from .sources import PREFIX, Source, list_layers, open_source, read_image
+from .sources import PREFIX, Source, list_layers, open_source, read_image, resize_crop
 
 PROG = "allconv-visualize"
 DEFAULT_FILTERS = 16  # without --filters: the first 16 filters, or all of a smaller layer
@@ -67,7 +69,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--filter-maps", action="store_true", help="write the layer's filter weights as a PNG; alone it "
                     "draws only those (add --image, or a scan option such as --limit, for more)")
     ap.add_argument("--data", help="dataset: cifar10, an .npz, an image folder or archive (default: CIFAR-10 from "
-                    "torchvision's folder, else the offline copy)")
+                    "torchvision's folder, else the offline copy); with --model torchvision:NAME, a folder (or "
+                    ".zip/.tar) of pictures, any layout")
     ap.add_argument("--download", action="store_true", default=None,
                     help="let torchvision download CIFAR-10 if it is missing")
     ap.add_argument("--split", choices=["test", "train"], help="the split to scan (default test)")
@@ -136,10 +139,7 @@ def run(args: argparse.Namespace) -> list[str]:
         lines += [f"image {args.image}: {how}"]
         lines += _image_mode(src.model, src.preprocess, image, args, filters, methods, out, device, names)
     elif args.wants_scan:
-        if src.torchvision:
-            raise AllconvError(f"Figure 2 scans of {PREFIX}{src.name} are not supported yet (they need "
-                               f"{src.size}x{src.size} images); use --image FILE, --filter-maps or --list-layers")
-        lines += _figure_mode(src.model, src.preprocess, args, filters, methods, out, device, names)
+        lines += _figure_mode(src, args, filters, methods, out, device)
     if args.filter_maps:
         for layer in layers:
             lines += _filter_maps(src.model, layer, filters[layer], out, args.scale, names)
@@ -185,21 +185,23 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 # --- Figure 2 ------------------------------------------------------------------------------------------------------
 
-def _figure_mode(model: nn.Module, pre: Preprocess, args: argparse.Namespace, filters: dict[str, list[int]],
-                 methods: list[str], out: Path, device: torch.device, names: dict) -> list[str]:
+def _figure_mode(src: Source, args: argparse.Namespace, filters: dict[str, list[int]], methods: list[str],
+                 out: Path, device: torch.device) -> list[str]:
     """One scan over the split for every layer, then per layer: reconstructions, figure PNG and arrays."""
     t0 = time.perf_counter()
-    images, labels, data = _dataset(args, names["classes"])
+    images, labels, data, split, lines = _pictures(src, args, out) if src.torchvision else _dataset(args, src.classes)
+    model, pre = src.model, src.preprocess
     scans = scan_layers(model, images, pre, layers=list(filters), top_k=args.top_k, batch_size=args.batch_size,
-                        device=device, progress=not args.quiet, split=args.split, data=data)
-    lines = [f"scanned {len(images)} {args.split} images for {', '.join(filters)} in {time.perf_counter() - t0:.1f}s"]
+                        device=device, progress=not args.quiet, split=split, data=data)
+    what = f"{len(images)} {data} {split} images" if split else f"{len(images)} images from {data}"
+    lines += [f"scanned {len(images)} {split}{' ' if split else ''}images for {', '.join(filters)} in "
+              f"{time.perf_counter() - t0:.1f}s"]
     for layer, rows in filters.items():
         t1 = time.perf_counter()
         s = scans[layer]
-        title = (f"{names['net']}, {layer}: each filter's top {s.top_k} patches in {len(images)} {data} "
-                 f"{args.split} images")
+        title = f"{src.display}, {layer}: each filter's top {s.top_k} patches in {what}"
         img = render_scan(model, images, pre, s, methods=methods, filters=rows, device=device, scale=args.scale,
-                          classes=names["classes"], labels=labels, title=title)
+                          classes=src.classes, labels=labels, title=title)
         png, npz = out / f"figure2-{layer}.png", out / f"figure2-{layer}.npz"
         png.parent.mkdir(parents=True, exist_ok=True)
         img.save(png)
@@ -210,7 +212,8 @@ def _figure_mode(model: nn.Module, pre: Preprocess, args: argparse.Namespace, fi
     return lines
 
 
-def _dataset(args: argparse.Namespace, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+def _dataset(args: argparse.Namespace, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor | None, str, str,
+                                                                   list[str]]:
     """The split's images, their labels (None unless the dataset's classes are the model's), the dataset's name."""
     from allconv import data
 
@@ -218,7 +221,28 @@ def _dataset(args: argparse.Namespace, classes: list[str]) -> tuple[torch.Tensor
     images, labels = (splits.x_test, splits.y_test) if args.split == "test" else (splits.x_train, splits.y_train)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
-    return images, labels if list(splits.classes) == classes else None, splits.name
+    return images, labels if list(splits.classes) == classes else None, splits.name, args.split, []
+
+
+def _pictures(src: Source, args: argparse.Namespace, out: Path) -> tuple[torch.Tensor, None, str, str, list[str]]:
+    """A torchvision model's scan set: the pictures of ``--data`` (a folder or archive) at its input size, read as
+    ``--image`` reads one; ``images.txt`` in ``out`` names them in scan order (the .npz's ``image_index``)."""
+    from allconv.imageset import load_imageset
+
+    if args.data is None:
+        raise AllconvError(f"a Figure 2 scan of {PREFIX}{src.name} needs pictures: give --data FOLDER (or a .zip/.tar "
+                           "of one), or use --image FILE")
+    fit = partial(resize_crop, resize=src.resize or src.size, size=src.size)
+    got = load_imageset(args.data, src.size, fit, f"resize{src.resize}-crop{src.size}", split=args.split,
+                        limit=args.limit, progress=not args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    listing = out / "images.txt"
+    listing.write_text("".join(f"{i}\t{n}\n" for i, n in enumerate(got.names)))
+    lines = [f"read {len(got.names)} pictures from {args.data} (short side resized to {src.resize}, center-cropped "
+             f"to {src.size}x{src.size}); their names in scan order: {listing}"]
+    if got.skipped:
+        lines.append(f"skipped {len(got.skipped)} unreadable file(s), e.g. {got.skipped[0]}")
+    return got.images, None, got.name, got.split, lines
 
 
 # --- one image -----------------------------------------------------------------------------------------------------

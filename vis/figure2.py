@@ -14,7 +14,8 @@ read exactly where the full image reads it) -- exact, and for ``conv6`` of All-C
 Tests check it equals ``vis.reconstruct_at`` on the full image at every position.
 
 Border picks: the part of an RF outside the image is gray in patches and zero in signals, so all tiles have the full
-RF size and align.
+RF size and align. An RF at least as long as the image along a side (ResNet-50's layer4 on 224 px) is cut to the
+image along it: such a tile is the whole image there, which holds every pixel the unit reads.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def reconstructions(model: nn.Module, images: torch.Tensor, preprocess: Preproce
         t0 = time.perf_counter()
         sig = reconstruct_at(model, x, method=m, layer=scan.layer, channels=picks["channel"], positions=pos,
                              batch_size=batch_size).float().cpu()
-        tiles = _crop(sig, picks["rf_start"] - origin, _tile(scan), 0.0)
+        tiles = _crop(sig, _tile_start(scan, picks["rf_start"]) - origin, _tile(scan), 0.0)
         out[m] = tiles.view(len(rows), scan.top_k, *tiles.shape[1:])
         scan.seconds[m] = round(time.perf_counter() - t0, 3)
     return out
@@ -80,7 +81,7 @@ def patches(images: torch.Tensor, scan: Scan, filters: Sequence[int] | None = No
     _check_uint8(images)
     rows = _filter_rows(scan, filters)
     picks = _picks(scan, rows)
-    tiles = _crop(images[picks["image"]].cpu(), picks["rf_start"], _tile(scan), PATCH_FILL)
+    tiles = _crop(images[picks["image"]].cpu(), _tile_start(scan, picks["rf_start"]), _tile(scan), PATCH_FILL)
     return tiles.view(len(rows), scan.top_k, *tiles.shape[1:])
 
 
@@ -129,7 +130,15 @@ def _crop(src: torch.Tensor, corner: torch.Tensor, size: Sequence[int], fill: fl
 
 
 def _tile(scan: Scan) -> tuple[int, int]:
-    return scan.rf_size, scan.rf_size
+    """A tile's (height, width): the RF's, or the image's along a side where the RF is at least as long."""
+    return min(scan.rf_size, scan.image_size[0]), min(scan.rf_size, scan.image_size[1])
+
+
+def _tile_start(scan: Scan, rf_start: torch.Tensor) -> torch.Tensor:
+    """Each tile's (top, left): the RF's, or 0 along a side where the tile is the whole image (an RF that long,
+    e.g. ResNet-50's layer4, reads every pixel it can reach there: the whole image holds it, nothing is lost)."""
+    whole = torch.tensor([scan.rf_size >= n for n in scan.image_size])
+    return torch.where(whole, torch.zeros_like(rf_start), rf_start)
 
 
 def _window_size(scan: Scan) -> tuple[int, int]:
@@ -185,7 +194,7 @@ def figure(scan_or_npz: Scan | str | Path, methods: Sequence[str] | None = None,
         _check_count(captions, scan.num_images, "captions", "scanned image")
         labels = [[""] * len(tiles[0]) for _ in tiles]
         labels[0] = [str(captions[i]) for i in scan.image_index[wanted].reshape(-1)]
-    up = tile_scale(scan.rf_size, scale)
+    up = tile_scale(max(_tile(scan)), scale)
     titles = [TITLES["patches"] + (" (each image's label above it)" if captions is not None else "")]
     grids = [(name, render.grid(t, nrow=scan.top_k, pad=1, labels=lab, scale=up))
              for name, t, lab in zip(titles + [TITLES[m] for m in methods], tiles, labels)]

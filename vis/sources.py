@@ -260,10 +260,10 @@ def read_image(src: Source, path: str) -> tuple[torch.Tensor, str]:
     raw, how = load_image_described(path, size=None)  # upright, RGB, transparency on grey, 8 bits
     steps = f"short side resized to {src.resize}, center-cropped to {src.size}x{src.size}"
     how = how.replace(": used as is", "") if how.endswith(": used as is") else how
-    return _resize_crop(raw, src.resize, src.size), f"{how}{', ' if ': ' in how else ': '}{steps}"
+    return resize_crop(raw, src.resize, src.size), f"{how}{', ' if ': ' in how else ': '}{steps}"
 
 
-def _resize_crop(raw: torch.Tensor, resize: int, size: int) -> torch.Tensor:
+def resize_crop(raw: torch.Tensor, resize: int, size: int) -> torch.Tensor:
     """uint8 (3, H, W) -> short side to ``resize`` (PIL bilinear, antialiased), then the centered ``size`` square."""
     img = Image.fromarray(raw.permute(1, 2, 0).numpy())
     w, h = img.size
