@@ -99,8 +99,10 @@ def scan(stamp: str, source: str, split: str, layer: str, limit: int, model: nn.
 def figure_png(stamp: str, source: str, split: str, layer: str, limit: int, methods: tuple[str, ...],
                filters: tuple[int, ...],
                _model: nn.Module, _images: torch.Tensor, _pre: Preprocess, _scan: scans.Scan,
-               classes: tuple[str, ...] = (), _labels: torch.Tensor | None = None) -> bytes:
-    return compute.png(scans.render(_model, _images, _pre, _scan, list(methods), list(filters), classes, _labels))
+               classes: tuple[str, ...] = (), _labels: torch.Tensor | None = None) -> tuple[bytes, list[dict]]:
+    """The figure's PNG and where its panels lie in it (``vis.layout.compose``'s ``info["panels"]``)."""
+    img = scans.render(_model, _images, _pre, _scan, list(methods), list(filters), classes, _labels)
+    return compute.png(img), img.info["panels"]
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

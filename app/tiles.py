@@ -1,5 +1,6 @@
 """A clickable tile grid: the composed grid PNG drawn by Vega-Lite under one transparent rectangle per tile, so a click
-on a tile selects its filter (``st.vega_lite_chart(..., on_select=...)``). Pure functions, no Streamlit.
+on a tile selects its filter (``st.vega_lite_chart(..., on_select=...)``), or, in Figure 2, the pick under it (every
+panel's tile i is pick i). Pure functions, no Streamlit.
 
 The picture stays one PNG (sent as a data URL); the rectangles are computed from its size and the grid's shape, so
 they fit any tile size or label band that ``vis.render.grid`` draws.
@@ -27,9 +28,21 @@ def cells(n: int, cols: int, width: int, height: int, pad: int = 1) -> list[dict
              "x1": (i % cols + 1) * cw, "y1": (i // cols + 1) * ch} for i in range(n)]
 
 
-def spec(png: bytes, n: int, cols: int, selected: int, max_width: int = MAX_WIDTH) -> dict[str, Any]:
+def panel_cells(panel: dict[str, int], n: int, cols: int, labels: list[str]) -> list[dict[str, Any]]:
+    """``cells`` of a grid placed in a bigger picture at ``panel`` (x, y, width, height: ``vis.layout.compose``'s
+    ``info["panels"]``), each with its tooltip ``label``; tile i keeps id ``filter`` = i in every panel."""
+    out = cells(n, cols, panel["width"], panel["height"])
+    for c, label in zip(out, labels):
+        c.update(label=label, x0=c["x0"] + panel["x"], x1=c["x1"] + panel["x"], y0=c["y0"] + panel["y"],
+                 y1=c["y1"] + panel["y"])
+    return out
+
+
+def spec(png: bytes, n: int, cols: int, selected: int | None, max_width: int = MAX_WIDTH,
+         boxes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The Vega-Lite spec: the PNG at most ``max_width`` px wide, a pointer and tooltip per tile, a frame on
-    ``selected``."""
+    ``selected``. ``boxes`` replaces the n-tile grid filling the PNG (e.g. ``panel_cells`` of several panels; a box's
+    ``label`` is its tooltip)."""
     with Image.open(io.BytesIO(png)) as img:
         w, h = img.size
     cw = min(w, max_width)
@@ -39,7 +52,10 @@ def spec(png: bytes, n: int, cols: int, selected: int, max_width: int = MAX_WIDT
                "mark": {"type": "image", "width": cw, "height": ch, "align": "left", "baseline": "top",
                         "aspect": False, "smooth": cw < w},  # crisp pixels, unless shrunk
                "encoding": {"url": {"field": "url", "type": "nominal"}, "x": {"value": 0}, "y": {"value": 0}}}
-    boxes = {"data": {"values": cells(n, cols, w, h)},
+    values = cells(n, cols, w, h) if boxes is None else boxes
+    tip = ({"field": "label", "type": "nominal", "title": "click to open"} if values and "label" in values[0] else
+           {"field": "filter", "type": "ordinal", "title": "filter (click to pick)"})
+    rects = {"data": {"values": values},
              "params": [{"name": PARAM, "select": {"type": "point", "fields": ["filter"], "on": "click",
                                                    "clear": False, "toggle": False}}],
              "mark": {"type": "rect", "cursor": "pointer", "fill": "white", "strokeWidth": 3},
@@ -47,11 +63,11 @@ def spec(png: bytes, n: int, cols: int, selected: int, max_width: int = MAX_WIDT
                  "x": {"field": "x0", "type": "quantitative", **_axis(w)}, "x2": {"field": "x1"},
                  "y": {"field": "y0", "type": "quantitative", **_axis(h, reverse=True)}, "y2": {"field": "y1"},
                  "fillOpacity": {"value": 0.01},  # invisible, but still hit by the pointer
-                 "stroke": {"condition": {"test": f"datum.filter == {int(selected)}", "value": HIGHLIGHT},
-                            "value": None},
-                 "tooltip": [{"field": "filter", "type": "ordinal", "title": "filter (click to pick)"}]}}
+                 "stroke": {"condition": {"test": f"datum.filter == {-1 if selected is None else int(selected)}",
+                                          "value": HIGHLIGHT}, "value": None},
+                 "tooltip": [tip]}}
     return {"width": cw, "height": ch, "padding": 0, "autosize": {"type": "none"},
-            "config": {"view": {"stroke": None}}, "layer": [picture, boxes]}
+            "config": {"view": {"stroke": None}}, "layer": [picture, rects]}
 
 
 def _axis(size: int, reverse: bool = False) -> dict[str, Any]:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from allconv.models import create
 from appkit import (CLASSES, captions, errors, grid_caption, grid_png, grid_spec, image_urls, ok, png_bytes, png_header,
@@ -121,14 +127,59 @@ def test_bad_upload_is_one_error_and_the_page_keeps_working(env: dict[str, Path]
 
 # --- Other views ---------------------------------------------------------------------------------------------------
 
+def _figure_caption(at: AppTest) -> str:
+    return next(c.value for c in at.caption if c.value.startswith("Figure 2 for"))
+
+
+def _figures(at: AppTest) -> list[tuple[dict, Image.Image]]:
+    """The Layer view's figures (guided, deconvnet, backprop): each chart's spec and its PNG."""
+    out = []
+    for chart in at.get("vega_lite_chart"):
+        spec = json.loads(chart.proto.spec)
+        url = spec["layer"][0]["data"]["values"][0]["url"]
+        out.append((spec, Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))))
+    return out
+
+
 def test_layer_view_draws_figure2_and_saves_the_scan(env: dict[str, Path]) -> None:
     at = ok(run({"view": "Layer", "layer": "conv2", "filter": "3"}))
     assert [s.value for s in at.subheader] == ["conv2: top 10 test patches of filters 3-10"]
-    assert len(at.image) == 1 and captions(at)[0].startswith("Figure 2 for conv2 (guided, deconvnet, backprop)")
-    assert "the 10 strongest of 20 test images" in captions(at)[0]  # top-10, as the CLI
-    assert list((env["root"] / "cache" / "scans").glob("conv2-*.npz"))
+    assert _figure_caption(at).startswith("Figure 2 for conv2 (guided, deconvnet, backprop)")
+    assert "the 10 strongest of 20 test images" in _figure_caption(at)  # top-10, as the CLI
+    (npz,) = (env["root"] / "cache" / "scans").glob("conv2-*.npz")
     at.sidebar.segmented_control(key="method").set_value("deconvnet").run()  # the Image view's choice: same figure
-    assert captions(ok(at))[0].startswith("Figure 2 for conv2 (guided, deconvnet, backprop)")
+    assert _figure_caption(ok(at)).startswith("Figure 2 for conv2 (guided, deconvnet, backprop)")
+
+
+def test_layer_view_tiles_open_their_pick(env: dict[str, Path]) -> None:
+    """Every panel's tile i is pick i: its box lies on the tile in the figure's PNG, its tooltip names filter and
+    image, and the link the click makes (view, cls=all, image, filter) shows that image at that filter."""
+    from vis.figure2 import load_scan
+
+    at = ok(run({"view": "Layer", "layer": "conv2", "filter": "3"}))
+    figures = _figures(at)
+    assert len(figures) == 3  # one per method, each shown (nearly) at full size in the main column
+    assert all(spec["width"] <= 900 and spec["width"] >= 0.9 * png.width for spec, png in figures)
+    spec, png = figures[1]  # deconvnet
+    boxes = spec["layer"][1]["data"]["values"]
+    assert len(boxes) == 2 * 80 and [b["filter"] for b in boxes[:80]] == list(range(80))  # 2 panels, 8 x top 10
+    (npz,) = (env["root"] / "cache" / "scans").glob("conv2-*.npz")
+    s = load_scan(npz)
+    data = np.load(env["data"])
+    f, j = 5, 7  # pick 27: filter 5, its 8th image
+    box, idx = boxes[(f - 3) * 10 + j], int(s.image_index[f, j])
+    assert box["label"] == f"conv2 #5: test image {idx} ({CLASSES[int(data['y_test'][idx])]})"
+    x0, y0, x1, y1 = (round(box[k]) for k in ("x0", "y0", "x1", "y1"))
+    rf = s.rf_size * ((x1 - x0) // s.rf_size)  # the tile: the patch, upscaled
+    tile = np.asarray(png.convert("RGB"))[y0:y0 + rf, x0:x0 + rf]
+    scale = rf // s.rf_size
+    top, left = s.boxes[f, j][:2]
+    want = data["x_test"][idx][max(top, 0):top + s.rf_size, max(left, 0):left + s.rf_size]
+    inner = tile[(max(top, 0) - top) * scale::scale, (max(left, 0) - left) * scale::scale][:want.shape[0], :want.shape[1]]
+    assert np.array_equal(inner, want)  # box (f, j) lies on pick (f, j)'s patch
+    at = ok(run({"view": "Image", "layer": "conv2", "cls": "all", "image": str(idx), "filter": str(f)}))
+    assert captions(at)[0] == f"tiny test #{idx} ({CLASSES[int(data['y_test'][idx])]})"
+    assert [s.value for s in at.subheader][-1] == "conv2 filter 5"
 
 
 def test_layer_view_bad_scan_limit(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,7 +273,9 @@ def test_class_layer_is_named_by_class(env: dict[str, Path]) -> None:
     assert compute.tile_labels(model, "conv6", 192, CLASSES)[:3] == ["0", "1", "2"]
     assert compute.tile_labels(model, "conv9", 10, CLASSES[:5]) == [str(i) for i in range(10)]  # wrong class list
     at = ok(run({"view": "Layer", "layer": "conv9"}))
-    assert captions(at)[0].startswith("Figure 2 for conv9 (guided, deconvnet, backprop)")
+    assert _figure_caption(at).startswith("Figure 2 for conv9 (guided, deconvnet, backprop)")
+    labels = [b["label"] for b in _figures(at)[0][0]["layer"][1]["data"]["values"]]
+    assert labels[0].startswith("conv9 #0 airplane: test image ") and labels[-1].startswith("conv9 #7 horse: test")
 
 
 def test_close_ups_are_cropped_to_the_receptive_field(env: dict[str, Path]) -> None:

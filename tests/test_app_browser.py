@@ -159,6 +159,26 @@ def _png(color: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
+def _figure_tile(root: Path, layer: str, first: int, j: int) -> tuple[int, tuple[float, float]]:
+    """The Layer view's figure drawn again from the scan the app saved: pick j of filter ``first`` (the figure's
+    first row) as (its image index, the centre of its tile in the deconvnet figure's reconstruction panel, as
+    fractions of that figure)."""
+    import vis
+    from allconv.checkpoint import load
+    from app import scans
+    from app.tiles import panel_cells
+
+    model, meta = load(root / "ckpts" / "tiny.safetensors")
+    (npz,) = (root / "cache" / "scans").glob(f"{layer}-*.npz")
+    s = vis.load_scan(npz)
+    images = torch.from_numpy(np.load(root / "tiny.npz")["x_test"]).permute(0, 3, 1, 2).contiguous()
+    img = scans.render(model, images, meta.preprocess, s, ["deconvnet"], list(range(first, first + 8)),
+                       meta.classes, torch.arange(20) % 10)
+    cell = panel_cells(img.info["panels"][1], 8 * s.top_k, s.top_k, [""] * 8 * s.top_k)[j]
+    centre = ((cell["x0"] + cell["x1"]) / 2 / img.width, (cell["y0"] + cell["y1"]) / 2 / img.height)
+    return int(s.image_index[first, j]), centre
+
+
 def test_app_in_a_real_browser(app_url: str, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -199,6 +219,15 @@ def test_app_in_a_real_browser(app_url: str, tmp_path: Path) -> None:
                 assert f"view={view}" in page.url
                 _shot(page, f"app-{view.lower()}-view.png", tmp_path)
             assert page.get_by_test_id("stVegaLiteChart").count() >= 1  # the Sanity view's chart drew
+
+            sidebar.get_by_label("Remove red.png").click()  # the dataset image again
+            _view(page, "Layer")
+            _settle(page, "Figure 2 for conv3 (guided, deconvnet, backprop)")
+            idx, (x, y) = _figure_tile(tmp_path, "conv3", 21, 4)
+            box = page.get_by_test_id("stVegaLiteChart").nth(1).locator("canvas, svg").first.bounding_box()
+            page.mouse.click(box["x"] + x * box["width"], box["y"] + y * box["height"])  # pick 4 of filter 21
+            _settle(page, f"tiny test #{idx} ({CLASSES[idx % 10]})", "conv3 filter 21")
+            assert "view=" not in page.url and f"image={idx}" in page.url  # the Image view and class "all": defaults
         finally:
             browser.close()
     assert (tmp_path / "app-image-view.png").stat().st_size > 10_000

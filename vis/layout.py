@@ -49,7 +49,8 @@ def tile_scale(side: int, scale: int) -> int:
 def compose(grids: Sequence[tuple[str, Image.Image]], row_labels: Sequence[str],
             title: str | None = None) -> Image.Image:
     """Panels side by side under their titles (each at least as wide as its title), ``row_labels`` left of the rows
-    of the tallest panel (one per row, vertically centred), ``title`` on a line above everything."""
+    of the tallest panel (one per row, vertically centred), ``title`` on a line above everything. Where each panel's
+    grid landed is kept in ``info["panels"]`` (name, x, y, width, height in px), e.g. to make its tiles clickable."""
     margin = label_width(row_labels)
     widths = [max(g.width, text_width(name) + PAD) for name, g in grids]
     top = (HEAD_H if title else 0) + TITLE_H
@@ -60,10 +61,11 @@ def compose(grids: Sequence[tuple[str, Image.Image]], row_labels: Sequence[str],
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((PAD, 3), title, fill="black", font=HEAD_FONT)
-    x = margin
+    x, canvas.info["panels"] = margin, []
     for (name, g), w in zip(grids, widths):
         canvas.paste(g.convert("RGB"), (x, top))
         draw.text((x + 2, top - TITLE_H + 2), name, fill="black", font=FONT)
+        canvas.info["panels"].append({"name": name, "x": x, "y": top, "width": g.width, "height": g.height})
         x += w + GAP
     row_h = (height - top) / max(len(row_labels), 1)
     for i, label in enumerate(row_labels):

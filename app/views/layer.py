@@ -1,14 +1,18 @@
 """Layer view: the paper's Figure 2 for the chosen layer -- each filter's top-k dataset patches and their
-reconstructions -- from a scan of the dataset split (computed once with a progress bar, then cached on disk)."""
+reconstructions -- from a scan of the dataset split (computed once with a progress bar, then cached on disk). One figure per method, each
+beside the patches, so every one is shown at full size with labels that read. A click on any tile opens that pick's
+image in the Image view at its filter."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import streamlit as st
 
 import vis
 from allconv.errors import AllconvError
 
-from .. import cache, config
+from .. import cache, compute, config, tiles
 from ..sidebar import Selection
 
 PER_PAGE = 8  # filters per figure
@@ -34,15 +38,41 @@ def render(sel: Selection) -> None:
         s = cache.scan(sel.stamp, sel.source, sel.split, sel.layer, len(images), sel.model, images,
                        sel.meta.preprocess, update)
         labels = (sel.data.y_test if sel.split == "test" else sel.data.y_train)[:limit]
-        png = cache.figure_png(sel.stamp, sel.source, sel.split, sel.layer, len(images), vis.METHODS, filters,
-                               sel.model, images, sel.meta.preprocess, s, tuple(sel.meta.classes), labels)
+        bar.empty()
+        for m in vis.METHODS:  # one figure per method, each at full size beside the patches
+            png, panels = cache.figure_png(sel.stamp, sel.source, sel.split, sel.layer, len(images), (m,), filters,
+                                           sel.model, images, sel.meta.preprocess, s, tuple(sel.meta.classes),
+                                           labels)
+            _figure(sel, s, png, panels, filters, m)
     except AllconvError as e:
         bar.empty()
         sel.errors.append(str(e))
         return
-    bar.empty()
-    st.image(png, caption=f"Figure 2 for {sel.layer} ({', '.join(vis.METHODS)}): rows are filters, columns the {s.top_k} "
-             f"strongest of {s.num_images} {sel.split} images; receptive field {s.rf_size}x{s.rf_size} px",
-             output_format="PNG")
-    st.caption("Move the Filter slider to page through filters; the figure shows it and the next "
-               f"{PER_PAGE - 1}. Scan size: ALLCONV_SCAN_LIMIT={len(images)}.")
+    st.caption(f"Figure 2 for {sel.layer} ({', '.join(vis.METHODS)}), each beside the patches: rows are filters, "
+               f"columns the {s.top_k} strongest of {s.num_images} {sel.split} images; receptive field {s.rf_size}x{s.rf_size} px. Click "
+               "a tile to open its image in the Image view at that filter. Move the Filter slider to page through "
+               f"filters; the figure shows it and the next {PER_PAGE - 1}. Scan size: "
+               f"ALLCONV_SCAN_LIMIT={len(images)}.")
+
+
+def _figure(sel: Selection, s: vis.Scan, png: bytes, panels: list[dict], filters: tuple[int, ...],
+            method: str) -> None:
+    """The figure as a chart: every panel's tile i is pick i (filter ``filters[i // k]``, its (i % k)-th image)."""
+    k = s.top_k
+    picks = [(f, int(s.image_index[f, j])) for f in filters for j in range(k)]
+    classes = sel.data.classes if sel.data is not None else []
+    labels = (sel.data.y_test if sel.split == "test" else sel.data.y_train) if sel.data is not None else None
+    rows = compute.tile_labels(sel.model, sel.layer, s.num_filters, list(sel.meta.classes)) if sel.meta else []
+    tips = [f"{sel.layer} #{f}" + (f" {rows[f]}" if rows and rows[f] != str(f) else "") + f": {sel.split} image {i}"
+            + (f" ({classes[int(labels[i])]})" if labels is not None and classes else "") for f, i in picks]
+    boxes = [box for p in panels for box in tiles.panel_cells(p, len(picks), k, tips)]
+    key = f"figure2-{sel.layer}-{filters[0]}-{method}"
+    st.vega_lite_chart(spec=tiles.spec(png, len(picks), k, None, tiles.MAX_WIDTH, boxes), key=key, width="content",
+                       theme=None, on_select=partial(_open, key, picks), selection_mode=tiles.PARAM)
+
+
+def _open(key: str, picks: list[tuple[int, int]]) -> None:
+    """Chart callback: open the clicked pick's image (the whole split, by index) in the Image view at its filter."""
+    i = tiles.picked(st.session_state.get(key))
+    if i is not None and 0 <= i < len(picks):
+        st.session_state.update(view="Image", cls="all", filter=picks[i][0], image=picks[i][1])
