@@ -140,12 +140,13 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         raise AllconvError(f"{p} has no {MODEL_FILE}: not a run directory (train one with allconv-train)")
     with open(p, "rb") as f:
         head = f.read(512)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise AllconvError(f"{p} is a pickle/torch.save file; allconv only loads safetensors and never unpickles: "
-                           "re-save the weights with safetensors")
     # safetensors: an 8-byte little-endian header length N, then N bytes of JSON ("{..."). Not shaped like that and
-    # recognizably something else -> say what; unrecognizable bytes fall through to "corrupt or truncated".
+    # recognizably something else -> say what; unrecognizable bytes fall through to "corrupt or truncated". (The
+    # shape is checked first: a header of 1408 bytes starts with 0x80, like a pickle, and one of 19280 with "PK".)
     if head[8:9] != b"{" or int.from_bytes(head[:8], "little") > p.stat().st_size - 8:
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise AllconvError(f"{p} is a pickle/torch.save file; allconv only loads safetensors and never "
+                               "unpickles: re-save the weights with safetensors")
         magic = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"\x93NUMPY": "a NumPy .npy array",
                  b"\x1f\x8b": "gzip data"}
         kind = next((v for k, v in magic.items() if head.startswith(k)), None)

@@ -65,6 +65,8 @@ class TrainConfig:
     schedule: str | None = None
     warmup: float | None = None
     preprocess: str = "standardize"
+    init: str | None = None  # a checkpoint to start from (allconv.warmstart)
+    freeze: str | None = None  # layers kept fixed, e.g. "conv1..conv6"
     val_size: int = 5000
     train_limit: int | None = None
     test_limit: int | None = None

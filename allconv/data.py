@@ -62,25 +62,29 @@ def torchvision_root() -> Path:
 
 def find_offline_cifar10() -> Path | None:
     """The offline CIFAR-10 copy: ``$ALLCONV_CIFAR10``, else ``../shared/data/cifar10.npz`` beside the repository."""
-    for p in (os.environ.get("ALLCONV_CIFAR10"), REPO.parent / "shared" / "data" / "cifar10.npz"):
+    return find_offline("cifar10")
+
+
+def find_offline(name: str) -> Path | None:
+    """An offline ``.npz`` of ``cifar10``/``cifar100``: ``$ALLCONV_CIFAR10``/``$ALLCONV_CIFAR100``, else
+    ``../shared/data/<name>.npz`` beside the repository (CIFAR-100's is made by ``../shared/data/cifar100/unpack.py``)."""
+    for p in (os.environ.get(f"ALLCONV_{name.upper()}"), REPO.parent / "shared" / "data" / f"{name}.npz"):
         if p and Path(p).is_file():
             return Path(p)
     return None
 
 
 def load(source: str | Path | None = None, *, cache_dir: str | Path | None = None, download: bool = False) -> Splits:
-    """Load a dataset by name (``cifar10``, ``cifar100``) or path (``.npz``, folder or archive); ``None`` = CIFAR-10,
-    from torchvision's folder when present, else the offline copy."""
+    """Load a dataset by name (``cifar10``, ``cifar100``: torchvision's folder when present, else the offline copy
+    ``find_offline`` names) or path (``.npz``, folder or archive); ``None`` = CIFAR-10."""
     cache = Path(cache_dir) if cache_dir else cache_root() / "arrays"
-    if source is None:
-        offline = find_offline_cifar10()
-        if offline is not None and not _torchvision_present("cifar10") and not download:
-            return _cached(offline, cache, lambda: _from_npz(offline))
-        source = "cifar10"
-    name = str(source)
+    name = "cifar10" if source is None else str(source)
+    offline = find_offline(name) if name in NAMED else None
+    if offline is not None and not _torchvision_present(name) and not download:
+        return _cached(offline, cache, lambda: _from_npz(offline))
     if name in NAMED:
         return _cached(torchvision_root() / name, cache, lambda: _from_torchvision(name, download), stamp=False)
-    path = Path(source).expanduser()
+    path = Path(name).expanduser()
     if not path.exists():
         raise AllconvError(f"dataset {name!r} not found; give cifar10, cifar100, an .npz file, an image folder or "
                            "an archive of one")

@@ -8,7 +8,6 @@ each rank takes its slice of the same global batch (DistributedDataParallel; glo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import signal
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import data as datamod
-from . import rundir
+from . import rundir, warmstart
 from .augment import flip_translate
 from .config import PROTOCOLS, TrainConfig, lr_at
 from .device import Dist, native_bf16, pick_device, resolve_amp, setup_distributed
@@ -35,6 +34,7 @@ from .evaluate import accuracy
 from .models import check_input_size, create, names, num_parameters
 from .plots import training_curves
 from .preprocess import Preprocess
+from .trainargs import parse_args
 
 __all__ = ["Data", "Diverged", "Interrupted", "PROTOCOLS", "Run", "TrainConfig", "lr_at", "main", "resume", "train"]
 
@@ -114,6 +114,10 @@ class Run:
         self.data, self.pre = prepare_data(cfg, self.device)
         torch.manual_seed(cfg.seed)
         self.net = create(cfg.model, len(self.data.classes), cfg.dropout, cfg.batchnorm).to(self.device)
+        self.init = warmstart.init_from(self.net, cfg.init, self.pre(self.data.x_train[:500])) if cfg.init and \
+            not resume else None
+        self.frozen = warmstart.frozen_layers(self.net, cfg.freeze)
+        warmstart.freeze(self.net, self.frozen)
         self.net = self.net.to(memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                    weight_decay=cfg.weight_decay)
@@ -147,6 +151,7 @@ class Run:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen, t0 = 0, time.perf_counter()
         self.net.train()
+        warmstart.frozen_eval(self.net, self.frozen)
         for i, idx in enumerate(idx_list):
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(cfg, e + i / len(idx_list))
@@ -267,7 +272,8 @@ class Run:
         metrics = {"status": status, "val_acc": h.get("val_acc"), "test_acc": h.get("test_acc"),
                    "train_loss": h.get("train_loss"), "wall_s": round(self.wall, 1),
                    "img_per_s": round(sum(x["img_per_s"] for x in self.history) / max(len(self.history), 1), 1),
-                   "params": num_parameters(self.net), "precision": self.precision}
+                   "params": sum(p.numel() for p in self.net.parameters()), "precision": self.precision,
+                   **({"init": self.init} if self.init else {}), **({"frozen": self.frozen} if self.frozen else {})}
         if metrics["test_acc"] is not None:
             metrics["test_err"] = round(1 - metrics["test_acc"], 5)
         dev = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
@@ -291,6 +297,7 @@ class Run:
 
     def _restore(self) -> None:
         meta, _ = ckpt.load_meta(self.out)
+        self.init = meta.metrics.get("init")
         state = rundir.read_state(self.out, meta.epoch)
         self.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
         for i, p in enumerate(self.net.parameters()):
@@ -356,46 +363,6 @@ def resume(run_dir: str | Path, stop_after: int | None = None, quiet: bool | Non
         rundir.restored(out, meta)  # a kill in the last save may have left derived files behind: repair them
         raise AllconvError(f"{out} already finished all {cfg.epochs} epochs; nothing to resume")
     return Run(cfg, out, resume=started).fit(stop_after)
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="allconv-train", description="Train one of the paper's 12 nets.")
-    ap.add_argument("--model", default="all-cnn-c", help=f"one of: {', '.join(names())}; or several, comma-separated, "
-                    "or all: a family, each net trained with the same config under --out/<net>")
-    ap.add_argument("--protocol", default="fast", choices=list(PROTOCOLS))
-    ap.add_argument("--data", default=None, help="cifar10, cifar100, a .npz, an image-folder dir or archive "
-                                                 "(default: CIFAR-10, the offline copy if present)")
-    ap.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100")
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--lr-sweep", action="store_true", help="train with each of the paper's LRs, keep the best by val")
-    ap.add_argument("--momentum", type=float)
-    ap.add_argument("--warmup", type=float, help="one-cycle warm-up, as a fraction of the run")
-    ap.add_argument("--weight-decay", type=float)
-    ap.add_argument("--label-smoothing", type=float)
-    ap.add_argument("--augment", choices=["none", "flip-translate"])
-    ap.add_argument("--ema", type=float, help="EMA decay of the weights per step (0: off)")
-    ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="mirror test-time averaging")
-    ap.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=None)
-    ap.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
-                    help="BatchNorm after every conv (default: on in fast, off in paper)")
-    ap.add_argument("--preprocess", default="standardize", choices=["standardize", "zca"])
-    ap.add_argument("--val-size", type=int, default=5000)
-    ap.add_argument("--train-limit", type=int, help="use only the first N training images (quick runs)")
-    ap.add_argument("--test-limit", type=int, help="evaluate on only the first N test images")
-    ap.add_argument("--test-every", type=int, default=0, help="also measure test accuracy every N epochs")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    ap.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
-                    help="bf16 autocast (auto: on where bf16 is native: a GPU, or a CPU with AVX512-BF16 or AMX)")
-    ap.add_argument("--threads", type=int, help="CPU threads for torch")
-    ap.add_argument("--out", help="run directory (default: runs/<model>-<protocol>-<time>)")
-    ap.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
-    ap.add_argument("--stop-after", type=int, help="stop cleanly after this many epochs (continue with --resume)")
-    ap.add_argument("--quiet", action="store_true")
-    return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

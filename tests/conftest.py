@@ -1,4 +1,5 @@
-"""Shared fixtures. The one place tests find the offline CIFAR-10 copy (../shared/data/cifar10.npz or $ALLCONV_CIFAR10).
+"""Shared fixtures. The one place tests find the offline CIFAR-10 copy (../shared/data/cifar10.npz or $ALLCONV_CIFAR10),
+and CIFAR-100 where it has been unpacked.
 
 On a user's clone without it, tests that need it skip with a reason; under CI (CI=true) a missing dataset fails.
 """
@@ -37,6 +38,18 @@ def cifar10_test_arrays(cifar10_npz: Path) -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 test images as uint8 (N, 32, 32, 3) and their labels, straight from the archive."""
     with np.load(cifar10_npz) as d:
         return d["x_test"], d["y_test"].astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def cifar100_npz() -> Path:
+    """The real CIFAR-100 as unpacked by ../shared/data/cifar100/unpack.py ($ALLCONV_CIFAR100 or
+    ../shared/data/cifar100.npz); CI does not unpack it, so its absence skips everywhere."""
+    from allconv.data import find_offline
+
+    path = find_offline("cifar100")
+    if path is None:
+        pytest.skip("CIFAR-100 not unpacked (run ../shared/data/cifar100/unpack.py OUT.npz; set ALLCONV_CIFAR100=OUT.npz)")
+    return path
 
 
 @pytest.fixture

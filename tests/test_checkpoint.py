@@ -237,3 +237,20 @@ def test_truncated_inside_the_header_is_still_corrupt(tmp_path: Path, saved: tup
     bad.write_bytes(saved[0].read_bytes()[:keep])
     with pytest.raises(AllconvError, match="cut.safetensors is corrupt or truncated"):
         ckpt.load(bad)
+
+
+@pytest.mark.parametrize("first", [b"\x80", b"PK"])
+def test_a_safetensors_header_length_that_looks_like_a_pickle_still_loads(tmp_path: Path, first: bytes) -> None:
+    """The header length's bytes come first: 0x..80 reads like a pickle, 0x4B50 ("PK") like a zip. A file shaped
+    like safetensors is read as one (1 file in 256 was refused as a pickle before)."""
+    from allconv.checkpoint import read_tensors, save_tensors
+
+    path = tmp_path / "w.safetensors"
+    for pad in range(0, 20000, 8):
+        save_tensors(path, {"w": torch.arange(3.0)}, {"pad": "x" * pad})
+        if path.read_bytes().startswith(first):
+            break
+    else:
+        raise AssertionError(f"no padding made the header length start with {first!r}")
+    tensors, header = read_tensors(path)
+    assert torch.equal(tensors["w"], torch.arange(3.0)) and len(header["pad"]) == pad
