@@ -27,6 +27,11 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                  schedule="onecycle", warmup=0.15),
 }
 
+# AdamW's default peak LR per protocol. Its decoupled weight decay is the protocol's SGD decay translated to the same
+# shrinkage per step at the peak: SGD shrinks weights by lr_sgd * wd_sgd a step, AdamW by lr_adamw * wd_adamw, so
+# wd_adamw = lr_sgd * wd_sgd / lr_adamw (paper: 0.05 * 1e-3 / 1e-3 = 0.05).
+ADAMW_LR = {"paper": 1e-3, "fast": 2e-3}
+
 # (field, lowest allowed, highest allowed or None, whether the highest is allowed, what it is)
 _RANGES = (
     ("epochs", 1, None, True, "the number of epochs"),
@@ -54,6 +59,7 @@ class TrainConfig:
     lr: float | None = None
     momentum: float | None = None
     nesterov: bool | None = None
+    optimizer: str = "sgd"  # or "adamw" (see ADAMW_LR)
     weight_decay: float | None = None
     label_smoothing: float | None = None
     augment: str | None = None
@@ -85,7 +91,15 @@ class TrainConfig:
             raise AllconvError(f"unknown protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
         if self.model not in names():
             raise AllconvError(f"unknown model {self.model!r}; choose one of: {', '.join(names())}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise AllconvError(f"unknown optimizer {self.optimizer!r}; choose sgd or adamw")
         filled = {k: v for k, v in PROTOCOLS[self.protocol].items() if getattr(self, k) is None}
+        if self.optimizer == "adamw":
+            proto = PROTOCOLS[self.protocol]
+            lr = ADAMW_LR[self.protocol] if self.lr is None else self.lr
+            filled.update(lr=lr, nesterov=False, momentum=0.9 if self.momentum is None else self.momentum)  # beta1
+            if self.weight_decay is None:
+                filled["weight_decay"] = proto["lr"] * proto["weight_decay"] / lr
         cfg = dataclasses.replace(self, **filled)
         if cfg.augment not in ("none", "flip-translate"):
             raise AllconvError(f"unknown augmentation {cfg.augment!r}; choose none or flip-translate")

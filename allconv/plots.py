@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_png(fig: Any, path: Path) -> None:
+    """Write ``fig`` as a PNG atomically and close it."""
     from .checkpoint import write_bytes
 
     buf = io.BytesIO()
@@ -33,7 +34,7 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, title: str 
             ax2.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=key.replace("_", " "))
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend(), ax2.grid(alpha=0.3)
     fig.suptitle(title)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def table3_chart(rows: list[dict[str, Any]], path: str | Path) -> None:
@@ -48,4 +49,4 @@ def table3_chart(rows: list[dict[str, Any]], path: str | Path) -> None:
             ax.text(x + 0.2, 0.3, "not trained", rotation=90, ha="center", va="bottom", fontsize=7, color="gray")
     ax.set_xticks(list(xs), names, rotation=30, ha="right")
     ax.set_ylabel("CIFAR-10 test error (%)"), ax.legend(), ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
+    save_png(fig, path)

@@ -1,8 +1,9 @@
 """A set of runs under one root, trained one after another and resumable as a whole.
 
-Two kinds: a learning-rate sweep (``--lr-sweep``: one run per LR, the best by validation accuracy, never by test, is
+Three kinds: a learning-rate sweep (``--lr-sweep``: one run per LR, the best by validation accuracy, never by test, is
 copied to the root) and a family (``--model all`` or ``--model a,b``: every net under one protocol and epoch budget,
-so Table 3 compares like with like; ``table3.md`` is written at the root). ``plan.json`` records the config and the
+so Table 3 compares like with like; ``table3.md`` is written at the root), and a grid of arbitrary cells
+(``allconv.ablate``). ``plan.json`` records the config and the
 members before the first run, so ``--resume ROOT`` keeps every finished or diverged member, continues the
 interrupted one and starts the rest.
 """
@@ -40,6 +41,15 @@ def family(cfg: TrainConfig, models: Sequence[str]) -> dict[str, Any]:
     if unknown or not models:
         raise AllconvError(f"unknown model {', '.join(unknown) or '(none)'}; choose from: all, {', '.join(names())}")
     return _start("family", cfg, [(m, {"model": m}) for m in dict.fromkeys(models)])
+
+
+def grid(cfg: TrainConfig, cells: Sequence[tuple[str, TrainConfig]]) -> dict[str, Any]:
+    """Train each named cell config (an ablation grid, see ``allconv.ablate``) one after another under ``cfg.out``.
+    Each cell is stored as its differences from ``cfg``, so a resume rebuilds it exactly."""
+    base = dataclasses.asdict(cfg.resolved())
+    members = [(name, {k: v for k, v in dataclasses.asdict(c.resolved()).items() if v != base[k] and k != "out"})
+               for name, c in cells]
+    return _start("grid", cfg, members)
 
 
 def is_runset(root: str | Path) -> bool:
@@ -83,7 +93,8 @@ def _run(kind: str, cfg: TrainConfig, root: Path, members: list[tuple[str, dict[
             raise
     summary = {"kind": kind, "status": "done", "config": dataclasses.asdict(cfg),
                "members": [{"name": n, "overrides": o} for n, o in members], "runs": results}
-    summary.update(_best(root, results) if kind == "sweep" else _table(root, results))
+    if kind != "grid":  # a grid's report is allconv.ablate's
+        summary.update(_best(root, results) if kind == "sweep" else _table(root, results))
     rundir.guarded(root, lambda: ckpt.write_bytes(root / PLAN_FILE, (json.dumps(summary, indent=1) + "\n").encode()))
     return summary
 

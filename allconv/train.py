@@ -86,6 +86,15 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> tuple[Data, Preproce
     return d, pre
 
 
+def make_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov, L2 weight decay) or AdamW (beta1 = momentum, decoupled decay)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999),
+                                 weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
 def epoch_seed(cfg: TrainConfig, epoch: int, salt: int) -> int:
     return (cfg.seed * 1_000_003 + epoch * 7919 + salt) % (2 ** 63)
 
@@ -119,8 +128,7 @@ class Run:
         self.frozen = warmstart.frozen_layers(self.net, cfg.freeze)
         warmstart.freeze(self.net, self.frozen)
         self.net = self.net.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                   weight_decay=cfg.weight_decay)
+        self.opt = make_optimizer(cfg, self.net)
         self.ema = create(cfg.model, len(self.data.classes), False, cfg.batchnorm).to(self.device) if cfg.ema else None
         if self.ema is not None:
             self.ema.load_state_dict(self.net.state_dict())
@@ -286,10 +294,10 @@ class Run:
     def _save(self) -> None:
         """Commit this epoch (see ``rundir``), then redraw the curves (derived, so not part of the commit)."""
         state = {f"net.{k}": v for k, v in self.net.state_dict().items()}
-        for i, p in enumerate(self.net.parameters()):
-            buf = self.opt.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                state[f"momentum.{i}"] = buf
+        for i, p in enumerate(self.net.parameters()):  # SGD's momentum, AdamW's moments and step count
+            for key, value in self.opt.state.get(p, {}).items():
+                if torch.is_tensor(value):
+                    state["momentum." + str(i) if key == "momentum_buffer" else f"opt.{i}.{key}"] = value
         meta = self.meta("done" if self.epoch == self.cfg.epochs else "running")
         rundir.commit(self.out, self.eval_net, meta, state)
         rundir.guarded(self.out, lambda: training_curves(self.history, self.out / "curves.png",
@@ -303,6 +311,10 @@ class Run:
         for i, p in enumerate(self.net.parameters()):
             if f"momentum.{i}" in state:
                 self.opt.state[p]["momentum_buffer"] = state[f"momentum.{i}"].to(self.device)
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                if f"opt.{i}.{key}" in state:
+                    value = state[f"opt.{i}.{key}"]
+                    self.opt.state[p][key] = value if key == "step" else value.to(self.device)
         if self.ema is not None:
             self.ema.load_state_dict(ckpt.load(self.out)[0].state_dict())
         self.epoch, self.history, self.commit = meta.epoch, meta.history, meta.commit or self.commit

@@ -22,6 +22,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--lr-sweep", action="store_true", help="train with each of the paper's LRs, keep the best by val")
     ap.add_argument("--momentum", type=float)
+    ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="sgd (default) or adamw (LR 1e-3 "
+                    "paper / 2e-3 fast unless --lr; the protocol's weight decay translated to the same shrinkage)")
     ap.add_argument("--warmup", type=float, help="one-cycle warm-up, as a fraction of the run")
     ap.add_argument("--weight-decay", type=float)
     ap.add_argument("--label-smoothing", type=float)

@@ -31,8 +31,10 @@ def test_short_cpu_run_learns(cifar10: str, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
 
 
-def test_resume_is_bit_identical(cifar10: str, tmp_path: Path) -> None:
-    args = TINY + ["--data", cifar10, "--train-limit", "256", "--epochs", "2", "--lr", "0.1"]
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])  # AdamW's moments and step count are resume state too
+def test_resume_is_bit_identical(cifar10: str, tmp_path: Path, opt: str) -> None:
+    args = TINY + ["--data", cifar10, "--train-limit", "256", "--epochs", "2", "--optimizer", opt]
+    args += ["--lr", "0.1"] if opt == "sgd" else []
     assert T.main(args + ["--out", str(tmp_path / "full")]) == 0
     assert T.main(args + ["--out", str(tmp_path / "cut"), "--stop-after", "1"]) == 0
     assert json.loads((tmp_path / "cut" / "meta.json").read_text())["epoch"] == 1
@@ -183,3 +185,20 @@ def test_cpu_flags_parse_x86_and_arm(tmp_path: Path) -> None:
     assert {"avx512_bf16", "avx512f"} <= cpu_flags.__wrapped__(str(tmp_path / "x86"))
     assert "bf16" in cpu_flags.__wrapped__(str(tmp_path / "arm"))
     assert cpu_flags.__wrapped__(str(tmp_path / "missing")) == frozenset()
+
+
+def test_adamw_translates_the_protocols_weight_decay() -> None:
+    """Same shrinkage per step at the peak LR as the protocol's SGD: lr_sgd * wd_sgd = lr_adamw * wd_adamw."""
+    from allconv.config import ADAMW_LR, PROTOCOLS
+
+    for protocol in ("paper", "fast"):
+        cfg = T.TrainConfig(protocol=protocol, optimizer="adamw").resolved()
+        sgd = PROTOCOLS[protocol]
+        assert cfg.lr == ADAMW_LR[protocol] and cfg.momentum == 0.9
+        assert cfg.lr * cfg.weight_decay == pytest.approx(sgd["lr"] * sgd["weight_decay"])
+    cfg = T.TrainConfig(protocol="paper", optimizer="adamw", lr=1e-2, weight_decay=0.3).resolved()
+    assert (cfg.lr, cfg.weight_decay) == (1e-2, 0.3)
+    net = T.create("model-a")
+    assert isinstance(T.make_optimizer(cfg, net), torch.optim.AdamW)
+    with pytest.raises(T.AllconvError, match="unknown optimizer 'adam'; choose sgd or adamw"):
+        T.TrainConfig(optimizer="adam").resolved()
