@@ -135,7 +135,7 @@ def test_reconstructions_of_real_picks_match_full_image(net, images, pre) -> Non
     slow = figure2.reconstructions(net, images, pre, s, methods=["guided"], filters=[1, 9], crop=False)["guided"]
     assert fast.shape == (2, 2, 3, 19, 19) and fast.abs().amax() > 0
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5 * float(slow.abs().max()))
-    assert set(s.seconds) == {"scan", "guided"}
+    assert set(s.seconds) == {"scan", "guided"}  # (a one-method call: its own key)
 
 
 def test_patches_are_the_rf_with_gray_outside(images, pre) -> None:
@@ -241,7 +241,7 @@ def test_render_scan_methods_and_filters(net, images, pre) -> None:
     tile = 5 * 5  # a 5x5 RF at scale 3 would be 15 px: enlarged to MIN_TILE (24) or more
     body = 2 * (4 * (tile + 1) + 1) + GAP
     assert img.size == (_width(["conv2 #4", "conv2 #1"], body, "x"), HEAD_H + TITLE_H + 2 * (tile + 1) + 1)
-    assert {"scan", "backprop", "render"} <= set(s.seconds)
+    assert {"scan", "render"} <= set(s.seconds) and any("backprop" in k for k in s.seconds)
 
 
 def _ink_bands(a: np.ndarray, x0: int, x1: int, y0: int) -> int:

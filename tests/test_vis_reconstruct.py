@@ -12,7 +12,7 @@ from torch import nn
 
 from allconv.errors import AllconvError
 from allconv.models import create
-from vis import METHODS, reconstruct, reconstruct_at
+from vis import METHODS, reconstruct, reconstruct_at, reconstruct_methods_at
 
 RULES = {
     "backprop": lambda g, z: g * (z > 0),
@@ -310,6 +310,40 @@ def test_two_threads_on_one_model_match_single_thread(allcnn, images) -> None:
     assert not errors
     for m in expect:
         assert torch.equal(got[m], expect[m])
+
+
+@pytest.mark.parametrize("net_name", ["all-cnn-c", "model-c", "skipnet", "resnet18"])
+def test_one_forward_for_all_methods_equals_one_forward_each(net_name: str) -> None:
+    """reconstruct_methods_at (one forward, a backward per method) gives bit-identical signals to a reconstruct_at
+    call per method, in float32, on strided, max-pooled, skip and torchvision nets (batches split mid-way)."""
+    torch.manual_seed(0)
+    if net_name == "skipnet":
+        net, x = _skipnet().float(), _x(5, 8).float()
+    elif net_name == "resnet18":
+        net, x = pytest.importorskip("torchvision.models").resnet18(weights=None).eval(), torch.randn(3, 3, 32, 32)
+    else:
+        net, x = create(net_name).eval(), torch.randn(5, 3, 32, 32)
+    layer = {"skipnet": None, "resnet18": "layer2"}.get(net_name, "conv5")
+    chans = torch.arange(len(x)) % 3
+    pos = torch.tensor([[i % 3, (2 * i) % 4] for i in range(len(x))]) if net_name == "resnet18" else "max"
+    shared = reconstruct_methods_at(net, x, methods=list(METHODS), layer=layer, channels=chans, positions=pos,
+                                    batch_size=2)
+    assert list(shared) == list(METHODS)
+    for m in METHODS:
+        alone = reconstruct_at(net, x, method=m, layer=layer, channels=chans, positions=pos, batch_size=2)
+        assert alone.abs().sum() > 0 and torch.equal(shared[m], alone), m
+    assert not torch.equal(shared["guided"], shared["deconvnet"])
+
+
+def test_shared_forward_refuses_like_its_strictest_method() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Conv2d(4, 4, 3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(AllconvError, match="gelu"):
+        reconstruct_methods_at(net, x, methods=["backprop", "guided"], layer="2", channels=[0, 1])
+    got = reconstruct_methods_at(net, x, methods=["backprop"], layer="2", channels=[0, 1])
+    assert torch.equal(got["backprop"], reconstruct_at(net, x, method="backprop", layer="2", channels=[0, 1]))
+    with pytest.raises(AllconvError, match="unknown method 'smooth'"):
+        reconstruct_methods_at(net, x, methods=["smooth"], layer="2", channels=[0, 1])
 
 
 def test_refuses_other_activations_but_backprop_works() -> None:

@@ -6,14 +6,14 @@ from .figure2 import Scan, load_scan, save_scan
 from .maps import activations, filter_maps, model_lock, model_scope
 from .modes import METHODS, backward_mode
 from .receptive import RF, receptive_field
-from .reconstruct import reconstruct, reconstruct_at
+from .reconstruct import reconstruct, reconstruct_at, reconstruct_methods_at
 from .render import grid, heatmap, to_image, to_pil
 from .sanity import randomization_check
 
 __all__ = [
     "METHODS", "RF", "Scan", "activations", "backward_mode", "figure2", "filter_maps", "grid", "guard", "heatmap",
     "load_scan", "model_lock", "model_scope", "randomization_check", "receptive_field", "reconstruct", "reconstruct_at",
-    "render", "sanity", "save_scan", "to_image", "to_pil",
+    "reconstruct_methods_at", "render", "sanity", "save_scan", "to_image", "to_pil",
 ]
 
 

@@ -2,7 +2,7 @@
 
 ``vis.scan`` finds each filter's top-k images over a split (re-exported here: ``figure2.scan``, ``Scan``,
 ``save_scan``, ``load_scan``). ``reconstructions`` computes each pick's input-space signal with
-``vis.reconstruct_at`` (batched over all picks, per method) and crops it to the pick's receptive field (RF).
+``vis.reconstruct_methods_at`` (batched over all picks; one forward serves every method) and crops it to the pick's receptive field (RF).
 ``figure`` renders the paper's layout with ``vis.layout``: one panel per kind ("patches", "guided backprop", ...), one
 row per filter, k columns, under a title naming model, layer and data; on the class layer (``class_layer``: its
 channels are the class scores) rows are named by class and patches captioned with their image's class.
@@ -36,7 +36,7 @@ from allconv.preprocess import Preprocess
 from . import render
 from .layout import TITLES, compose, tile_scale
 from .modes import METHODS, check_method
-from .reconstruct import reconstruct_at
+from .reconstruct import reconstruct_methods_at
 from .scan import FORMAT, Scan, _check_uint8, _device, load_scan, save_scan, scan, scan_layers
 
 __all__ = ["FORMAT", "TITLES", "Scan", "attach", "class_layer", "compose", "figure", "figure2", "load_scan",
@@ -65,14 +65,14 @@ def reconstructions(model: nn.Module, images: torch.Tensor, preprocess: Preproce
     origin = _window_origin(picks["rf_start"], scan, win)
     x = _windows(images, picks["image"], origin, win, preprocess.to(dev), dev)
     pos = picks["positions"] - origin // torch.tensor(scan.rf_stride)
+    t0 = time.perf_counter()
+    sigs = reconstruct_methods_at(model, x, methods=methods, layer=scan.layer, channels=picks["channel"],
+                                  positions=pos, batch_size=batch_size)
     out: dict[str, torch.Tensor] = {}
-    for m in methods:
-        t0 = time.perf_counter()
-        sig = reconstruct_at(model, x, method=m, layer=scan.layer, channels=picks["channel"], positions=pos,
-                             batch_size=batch_size).float().cpu()
-        tiles = _crop(sig, _tile_start(scan, picks["rf_start"]) - origin, _tile(scan), 0.0)
+    for m, sig in sigs.items():
+        tiles = _crop(sig.float().cpu(), _tile_start(scan, picks["rf_start"]) - origin, _tile(scan), 0.0)
         out[m] = tiles.view(len(rows), scan.top_k, *tiles.shape[1:])
-        scan.seconds[m] = round(time.perf_counter() - t0, 3)
+    scan.seconds["/".join(methods)] = round(time.perf_counter() - t0, 3)  # one forward serves them all
     return out
 
 

@@ -23,6 +23,10 @@ clamps with another bound (``clamp(min=0.5)``, ``clamp(0, 6)``, ``clamp_max``), 
 constant zero, and ``minimum``. A ReLU written as arithmetic (``x * (x > 0)``, ``torch.where``) is invisible to any
 mode: don't. A ReLU inside TorchScript or another opaque piece is invisible too: ``vis.guard`` refuses those.
 
+One forward can serve all three methods (``shared_backward``): the masks are the same, only the rule applied to the
+incoming gradient differs, so each ReLU call saves its mask once and reads the rule from a ``Switch`` when the
+backward runs; one backward pass per method gives the numbers a forward under each ``backward_mode`` would.
+
 Activation checkpointing (``torch.utils.checkpoint``, ``use_reentrant=False``) is exact: each rule saves for backward
 exactly what torch's own op saves (same count, shapes and dtypes, in torch's order), so when the backward re-runs the
 forward without the mode, checkpoint hands the rule torch's recomputed tensors, whose signs are the rule's mask.
@@ -45,16 +49,18 @@ METHODS = ("guided", "deconvnet", "backprop")
 
 
 class _RuleRelu(torch.autograd.Function):
-    """One ReLU call: torch's own op forward; ``rule(g, mask)`` backward, mask = [input > 0]."""
+    """One ReLU call: torch's own op forward; ``rule(g, mask)`` backward, mask = [input > 0]. The rule is the
+    subclass's, or (``_SwitchRelu``) whichever ``Switch.method`` names when the backward runs."""
 
     @staticmethod
     def rule(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
     @classmethod
-    def forward(cls, ctx: Any, call: Callable[[], torch.Tensor], inplace: bool,  # type: ignore[override]
-                first: torch.Tensor, second: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(cls, ctx: Any, switch: Optional["Switch"], call: Callable[[], torch.Tensor],  # type: ignore[override]
+                inplace: bool, first: torch.Tensor, second: Optional[torch.Tensor]) -> torch.Tensor:
         """``call`` runs the caller's op on ``first`` (and a zero ``second``); grad is off here, so it is plain."""
+        ctx.switch = switch
         out = call()
         if inplace:
             ctx.mark_dirty(first)
@@ -66,9 +72,9 @@ class _RuleRelu(torch.autograd.Function):
     @classmethod
     def backward(cls, ctx: Any, g: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
         mask = functools.reduce(torch.logical_or, [t > 0 for t in ctx.saved_tensors])  # the zero operand adds none
-        grad = cls.rule(g, mask)
-        return None, None, *(grad.sum_to_size(s) if need else None
-                             for s, need in zip(ctx.shapes, ctx.needs_input_grad[2:]))
+        grad = (cls.rule if ctx.switch is None else _RULE_FNS[ctx.switch.method])(g, mask)
+        return None, None, None, *(grad.sum_to_size(s) if need else None
+                                   for s, need in zip(ctx.shapes, ctx.needs_input_grad[3:]))
 
 
 def _guided(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -80,13 +86,24 @@ def _deconvnet(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _backprop(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return g * mask
+    return torch.where(mask, g, 0.0)  # torch's own ReLU backward (threshold_backward), bit for bit
 
 
-_RULES: dict[str, type] = {
-    name: type(f"{name.capitalize()}Relu", (_RuleRelu,), {"rule": staticmethod(rule)})
-    for name, rule in (("guided", _guided), ("deconvnet", _deconvnet), ("backprop", _backprop))
-}
+_RULE_FNS = {"guided": _guided, "deconvnet": _deconvnet, "backprop": _backprop}
+_RULES: dict[str, type] = {name: type(f"{name.capitalize()}Relu", (_RuleRelu,), {"rule": staticmethod(rule)})
+                           for name, rule in _RULE_FNS.items()}
+
+
+class Switch:
+    """The rule of a ``shared_backward`` forward: set ``method`` before each backward pass."""
+
+    def __init__(self, methods: tuple[str, ...]) -> None:
+        self.methods, self.method = methods, methods[0]
+
+    def use(self, method: str) -> None:
+        if method not in self.methods:
+            raise AllconvError(f"method {method!r} was not among this forward's methods {self.methods}")
+        self.method = method
 
 
 def _other_activations() -> dict[Callable, str]:
@@ -206,17 +223,18 @@ def _canonical(func: Callable) -> Callable:
 
 
 class _BackwardMode(TorchFunctionMode):
-    """While active (in this thread only), every ReLU call runs the chosen rule's autograd Function."""
+    """While active (in this thread only), every ReLU call runs the chosen rule's autograd Function (with a
+    ``switch``: the rule the switch names at backward time)."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, switch: Optional[Switch] = None) -> None:
         super().__init__()
-        self.method = method
-        self.fn = _RULES[method]
+        self.method, self.switch = method, switch
+        self.fn = _RuleRelu if switch is not None else _RULES[method]
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         key = _canonical(func)
-        if key in _OTHER:
+        if key in _OTHER and self.method != "backprop":
             self._refuse(_OTHER[key])
         spell = _SPELLINGS.get(key)
         if spell is None or "out" in kwargs or not torch.is_grad_enabled():
@@ -227,7 +245,7 @@ class _BackwardMode(TorchFunctionMode):
         if isinstance(found, str):
             self._refuse(found)
         first, second, inplace = found  # type: ignore[misc]
-        return self.fn.apply(lambda: func(*args, **kwargs), inplace, first, second)
+        return self.fn.apply(self.switch, lambda: func(*args, **kwargs), inplace, first, second)
 
     def _refuse(self, what: str) -> None:
         raise AllconvError(f"method {self.method!r} is defined only for ReLU nets, but the model calls {what}, which "
@@ -258,3 +276,15 @@ def backward_mode(method: str) -> Iterator[None]:
         return
     with _BackwardMode(method):
         yield
+
+
+@contextlib.contextmanager
+def shared_backward(methods: tuple[str, ...]) -> Iterator[Switch]:
+    """One forward for several methods: within the block every ReLU records its mask once, and each backward pass
+    (``retain_graph=True`` for all but the last) applies the rule of ``switch.use(method)``, the same numbers as
+    a forward under each ``backward_mode``. Non-ReLU activations are refused unless every method is backprop."""
+    methods = tuple(check_method(m) for m in methods)
+    switch = Switch(methods)
+    strict = next((m for m in methods if m != "backprop"), "backprop")
+    with _BackwardMode(strict, switch):
+        yield switch

@@ -17,7 +17,7 @@ from allconv.errors import AllconvError
 
 from .guard import check_graph, check_model
 from .maps import check_images, forward_to, model_scope
-from .modes import backward_mode, check_method
+from .modes import backward_mode, check_method, shared_backward
 
 Position = Union[str, None, Sequence[int], torch.Tensor]
 BATCH = 256  # rows per forward/backward pass
@@ -45,7 +45,7 @@ def reconstruct(model: nn.Module, images: torch.Tensor, *, method: str, layer: s
     index = torch.arange(n).repeat_interleave(c)
     channels = torch.tensor(chans, dtype=torch.long).repeat(n)
     positions = _position_rows(position, n * c)
-    out = _reconstruct_rows(model, images, index, channels, positions, method, layer, batch_size)
+    out = _reconstruct_rows(model, images, index, channels, positions, [method], layer, batch_size)[method]
     return out.view(n, c, *images.shape[1:]) if many else out
 
 
@@ -57,7 +57,18 @@ def reconstruct_at(model: nn.Module, images: torch.Tensor, *, method: str, layer
     ``positions`` may also be "max" or None, as in ``reconstruct``. Figure 2 uses this for its (image, channel, h, w)
     picks: repeat each image once per pick and pass the picks' channels and positions.
     """
-    check_method(method)
+    return reconstruct_methods_at(model, images, methods=[method], layer=layer, channels=channels,
+                                  positions=positions, batch_size=batch_size)[method]
+
+
+def reconstruct_methods_at(model: nn.Module, images: torch.Tensor, *, methods: Sequence[str], layer: str | None,
+                           channels: torch.Tensor | Sequence[int], positions: Position = "max",
+                           batch_size: int = BATCH) -> dict[str, torch.Tensor]:
+    """``reconstruct_at`` for several methods from one forward per chunk (``vis.modes.shared_backward``): method ->
+    (N, 3, H, W), each equal to its own ``reconstruct_at``. Figure 2 reconstructs its picks this way."""
+    methods = list(dict.fromkeys(check_method(m) for m in methods))
+    if not methods:
+        raise AllconvError("no method given; choose from guided, deconvnet, backprop")
     check_images(model, images)
     n = images.shape[0]
     channels = torch.as_tensor(channels, dtype=torch.long).reshape(-1).cpu()
@@ -66,7 +77,7 @@ def reconstruct_at(model: nn.Module, images: torch.Tensor, *, method: str, layer
     positions = positions if positions is None or isinstance(positions, str) else _position_tensor(positions, n)
     if isinstance(positions, str) and positions != "max":
         raise AllconvError(f"positions must be 'max', None or a (N, 2) tensor of (h, w), got {positions!r}")
-    return _reconstruct_rows(model, images, torch.arange(n), channels, positions, method, layer, batch_size)
+    return _reconstruct_rows(model, images, torch.arange(n), channels, positions, methods, layer, batch_size)
 
 
 def _is_int(value: object) -> bool:
@@ -102,33 +113,44 @@ def _position_rows(position: Position, rows: int) -> str | None | torch.Tensor:
 
 
 def _reconstruct_rows(model: nn.Module, images: torch.Tensor, index: torch.Tensor, channels: torch.Tensor,
-                      positions: str | None | torch.Tensor, method: str, layer: str | None,
-                      batch_size: int) -> torch.Tensor:
-    """Row r = image ``index[r]``, target ``channels[r]`` at ``positions[r]``; chunks of ``batch_size`` rows."""
+                      positions: str | None | torch.Tensor, methods: list[str], layer: str | None,
+                      batch_size: int) -> dict[str, torch.Tensor]:
+    """Row r = image ``index[r]``, target ``channels[r]`` at ``positions[r]``; chunks of ``batch_size`` rows, one
+    forward per chunk and one backward per method."""
     if batch_size < 1:
         raise AllconvError(f"batch_size must be >= 1, got {batch_size}")
-    check_model(model, method)
-    out = images.new_empty((len(index), *images.shape[1:]))
+    strict = next((m for m in methods if m != "backprop"), "backprop")
+    check_model(model, strict)
+    out = {m: images.new_empty((len(index), *images.shape[1:])) for m in methods}
     with model_scope(model):
         for s in range(0, len(index), batch_size):
             e = s + batch_size
             pos = positions[s:e] if torch.is_tensor(positions) else positions
             x = images[index[s:e].to(images.device)]
-            out[s:e] = _one_pass(model, x, channels[s:e], pos, method, layer)
+            for m, grad in _one_pass(model, x, channels[s:e], pos, methods, layer).items():
+                out[m][s:e] = grad
     return out
 
 
 def _one_pass(model: nn.Module, x: torch.Tensor, channels: torch.Tensor, positions: str | None | torch.Tensor,
-              method: str, layer: str | None) -> torch.Tensor:
+              methods: list[str], layer: str | None) -> dict[str, torch.Tensor]:
+    """One forward (under one method's mode, or a shared one for several), then one backward per method."""
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad(), backward_mode(method):
+    mode = backward_mode(methods[0]) if len(methods) == 1 else shared_backward(tuple(methods))
+    out: dict[str, torch.Tensor] = {}
+    with torch.enable_grad(), mode as switch:
         fmap = forward_to(model, x, layer)
         if not fmap.requires_grad:
-            return torch.zeros_like(x)
-        check_graph(fmap, method)
+            return {m: torch.zeros_like(x) for m in methods}
+        check_graph(fmap, next((m for m in methods if m != "backprop"), "backprop"))
         seed = _selection(fmap, channels, positions, layer)
-        (grad,) = torch.autograd.grad(fmap, x, grad_outputs=seed, allow_unused=True)
-    return torch.zeros_like(x) if grad is None else grad.detach()
+        for i, m in enumerate(methods):
+            if switch is not None:
+                switch.use(m)
+            (grad,) = torch.autograd.grad(fmap, x, grad_outputs=seed, allow_unused=True,
+                                          retain_graph=i < len(methods) - 1)
+            out[m] = torch.zeros_like(x) if grad is None else grad.detach()
+    return out
 
 
 def _selection(fmap: torch.Tensor, channels: torch.Tensor, positions: str | None | torch.Tensor,
