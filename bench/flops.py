@@ -14,6 +14,7 @@ Used by bench/train_throughput.py; bench/ is not a package, so import it path-re
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -65,3 +66,10 @@ def peak_flops(dtype: torch.dtype = torch.float32, n: int = 2048, repeat: int = 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def forward_flops(fn: Callable[[torch.Tensor], object], shape: tuple[int, ...]) -> int:
+    """FLOPs of ``fn`` on one zero input of ``shape`` (convolutions and matmuls, as ``fwd_bwd_flops`` counts)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as count:
+        fn(torch.zeros(1, *shape))
+    return count.get_total_flops()

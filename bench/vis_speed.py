@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -31,6 +32,9 @@ from allconv import checkpoint, data
 from allconv.models import create
 from allconv.preprocess import Preprocess
 from vis import figure2 as f2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops  # noqa: E402
 
 
 def _sync() -> None:
@@ -99,17 +103,29 @@ def bench_a(model: nn.Module, x: torch.Tensor, repeat: int, n: int = 192) -> Non
 
 def bench_b(model: nn.Module, images: torch.Tensor, pre: Preprocess, layers: list[str], top_k: int,
             device: torch.device, batch_size: int) -> None:
-    t0 = time.perf_counter()
-    scans = f2.scan_layers(model, images, pre, layers=layers, top_k=top_k, batch_size=batch_size, device=device,
-                           progress=False)
-    t_scan = time.perf_counter() - t0
+    """Figure 2 end to end: the scan in fp32 and in bf16 + fp32 rescoring (checked identical; the bf16 one is what
+    allconv-visualize runs where bf16 is native), then per layer the reconstructions (one forward, three backward
+    passes per pick) beside their FLOP floor at this machine's fp32 peak, patches + render, save."""
+    t_scans = {}
+    for amp in ("off", "on"):
+        t0 = time.perf_counter()
+        scans = f2.scan_layers(model, images, pre, layers=layers, top_k=top_k, batch_size=batch_size,
+                               device=device, progress=False, amp=amp)
+        t_scans[amp] = time.perf_counter() - t0
+        if amp == "off":
+            ref = scans
+    same = all((ref[n].image_index == scans[n].image_index).all() and (ref[n].values == scans[n].values).all()
+               and (ref[n].positions == scans[n].positions).all() for n in layers)
+    peak = flops.peak_flops(torch.float32, device=device) if device.type == "cpu" else None
     print(f"\n(b) Figure 2, {len(images)} images, top-{top_k}, all filters, methods {'/'.join(vis.METHODS)} "
           f"({_where(images[:1].to(device))})")
-    print(f"scan ({'+'.join(layers)}, one shared pass): {t_scan:.2f} s")
-    print("| layer | filters | picks | " + " | ".join(f"recon {m} s" for m in vis.METHODS) +
-          " | patches+render s | save s | layer total s |")
-    print("|---|---|---|" + "---|" * (len(vis.METHODS) + 3))
-    total = t_scan
+    print(f"scan ({'+'.join(layers)}, one shared pass): fp32 {t_scans['off']:.2f} s | bf16 + fp32 rescoring "
+          f"{t_scans['on']:.2f} s ({t_scans['off'] / t_scans['on']:.2f}x) | picks, values, positions identical: "
+          f"{'yes' if same else 'NO'}")
+    print("| layer | picks | recon (3 methods, one forward) s | its FLOP floor s | patches+render s | save s | "
+          "layer total s |")
+    print("|---|---|---|---|---|---|---|")
+    total = t_scans["on"]
     with tempfile.TemporaryDirectory() as tmp:
         for layer in layers:
             s = scans[layer]
@@ -119,13 +135,21 @@ def bench_b(model: nn.Module, images: torch.Tensor, pre: Preprocess, layers: lis
             f2.save_scan(s, Path(tmp) / f"{layer}.npz")
             img.save(Path(tmp) / f"{layer}.png")
             t_save = time.perf_counter() - t2
-            recon = sum(s.seconds[m] for m in vis.METHODS)
-            rest = t2 - t1 - recon
+            recon = s.seconds["/".join(vis.METHODS)]
+            floor = _recon_floor(model, s, peak) if peak else float("nan")
             total += t2 - t1 + t_save
-            print(f"| {layer} | {s.num_filters} | {s.num_filters * s.top_k} | " +
-                  " | ".join(f"{s.seconds[m]:.2f}" for m in vis.METHODS) +
-                  f" | {rest:.2f} | {t_save:.2f} | {t2 - t1 + t_save:.2f} |")
-    print(f"end to end (scan + both layers): {total:.1f} s")
+            print(f"| {layer} | {s.num_filters * s.top_k} | {recon:.2f} | {floor:.2f} | {t2 - t1 - recon:.2f} | "
+                  f"{t_save:.2f} | {t2 - t1 + t_save:.2f} |")
+    print(f"end to end (bf16 scan + both layers): {total:.1f} s" + (f"; fp32 peak {peak / 1e9:.0f} GFLOP/s "
+                                                                    "(a large matmul)" if peak else ""))
+
+
+def _recon_floor(model: nn.Module, s: vis.Scan, peak: float) -> float:
+    """Seconds at ``peak`` for the picks' work: one forward to the layer on each pick's window, and one input
+    gradient per method (a conv's input gradient costs what its forward does)."""
+    win = f2._window_size(s)
+    fwd = flops.forward_flops(lambda x: vis.maps.forward_to(model, x, s.layer), (3, *win))
+    return s.num_filters * s.top_k * fwd * (1 + len(vis.METHODS)) / peak
 
 
 def _where(x: torch.Tensor) -> str:

@@ -80,6 +80,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "over 64 px, e.g. torchvision's 224)")
     ap.add_argument("--out", help="output folder (default out/vis/<checkpoint name>/)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available, default), cpu, cuda or cuda:N")
+    ap.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="scan in bf16 where it is native "
+                    "(auto), always (on) or never (off); the picks are fp32's either way: candidates are rescored "
+                    "in fp32")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -192,7 +195,7 @@ def _figure_mode(src: Source, args: argparse.Namespace, filters: dict[str, list[
     images, labels, data, split, lines = _pictures(src, args, out) if src.torchvision else _dataset(args, src.classes)
     model, pre = src.model, src.preprocess
     scans = scan_layers(model, images, pre, layers=list(filters), top_k=args.top_k, batch_size=args.batch_size,
-                        device=device, progress=not args.quiet, split=split, data=data)
+                        device=device, progress=not args.quiet, split=split, data=data, amp=args.amp)
     what = f"{len(images)} {data} {split} images" if split else f"{len(images)} images from {data}"
     lines += [f"scanned {len(images)} {split}{' ' if split else ''}images for {', '.join(filters)} in "
               f"{time.perf_counter() - t0:.1f}s"]

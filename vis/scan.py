@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from allconv.device import resolve_amp
 from allconv.errors import AllconvError
 from allconv.preprocess import Preprocess
 
 from .maps import model_scope, resolve_layer
+from .prefilter import exact_topk
 from .receptive import receptive_field
 
 FORMAT = "allconv-figure2/1"
@@ -72,17 +74,19 @@ class Scan:
 
 def scan(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, *, layer: str, top_k: int = 9,
          batch_size: int = 500, device: str | torch.device | None = None, progress: bool = True,
-         split: str = "test", data: str = "") -> Scan:
+         split: str = "test", data: str = "", amp: str = "auto") -> Scan:
     """Stream uint8 NCHW ``images`` through ``model`` and keep each filter of ``layer``'s top-k distinct images
-    (``split`` and ``data``, the dataset's name, are recorded for the figure's title)."""
+    (``split`` and ``data``, the dataset's name, are recorded for the figure's title; ``amp``: see ``scan_layers``)."""
     return scan_layers(model, images, preprocess, layers=[layer], top_k=top_k, batch_size=batch_size, device=device,
-                       progress=progress, split=split, data=data)[layer]
+                       progress=progress, split=split, data=data, amp=amp)[layer]
 
 
 def scan_layers(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, *, layers: Sequence[str],
                 top_k: int = 9, batch_size: int = 500, device: str | torch.device | None = None,
-                progress: bool = True, split: str = "test", data: str = "") -> dict[str, Scan]:
-    """``scan`` for several layers sharing one forward per batch (it stops at the deepest of them)."""
+                progress: bool = True, split: str = "test", data: str = "", amp: str = "auto") -> dict[str, Scan]:
+    """``scan`` for several layers sharing one forward per batch (it stops at the deepest of them). ``amp``: "auto"
+    scans in bf16 where it is native and rescores the candidates in fp32 (``vis.prefilter``: the same picks, values
+    and positions as fp32), "on" always, "off" never."""
     _check_uint8(images)
     if top_k < 1 or batch_size < 1:
         raise AllconvError(f"top_k and batch_size must be >= 1, got top_k={top_k}, batch_size={batch_size}")
@@ -96,11 +100,15 @@ def scan_layers(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, 
     k = min(top_k, len(images))
     best: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     t0 = time.perf_counter()
+    bar = lambda r: _progress(r, progress, "scan " + ",".join(layers))  # noqa: E731
     with model_scope(model), torch.inference_mode():
-        for start in _progress(range(0, len(images), batch_size), progress, "scan " + ",".join(layers)):
-            x = pre(images[start:start + batch_size].to(dev, non_blocking=True))
-            for name, fmap in _forward_many(model, x, layers).items():
-                best[name] = _merge_topk(best.get(name), fmap, start, k, name)
+        if resolve_amp(amp, dev) and len(images):
+            best = exact_topk(model, images, pre, layers, k, batch_size, dev, _forward_many, bar)
+        else:
+            for start in bar(range(0, len(images), batch_size)):
+                x = pre(images[start:start + batch_size].to(dev, non_blocking=True))
+                for name, fmap in _forward_many(model, x, layers).items():
+                    best[name] = _merge_topk(best.get(name), fmap, start, k, name)
     took = time.perf_counter() - t0
     return {name: _make_scan(model, name, best[name], k, images, (split, data), took) for name in layers}
 
