@@ -307,7 +307,9 @@ def _cached(path: Path, cache: Path, make: Callable[[], Splits], stamp: bool = T
     entry = cache / hashlib.sha256(json.dumps(key_src).encode()).hexdigest()[:16]
     try:
         meta = json.loads((entry / "meta.json").read_text())
-        arrays = [torch.from_numpy(np.load(entry / f"{k}.npy", allow_pickle=False)) for k in _KEYS]
+        # copy-on-write maps: pages are read when touched (the app never touches most of x_train), and writes stay
+        # private to this process
+        arrays = [torch.from_numpy(np.load(entry / f"{k}.npy", allow_pickle=False, mmap_mode="c")) for k in _KEYS]
         return Splits(*arrays, classes=meta["classes"], name=meta["name"])
     except (OSError, ValueError, KeyError):
         pass

@@ -10,7 +10,7 @@ import logging
 
 import streamlit as st
 
-from app import allow, sidebar
+from app import allow, memory, sidebar
 from app.config import VIEWS
 from app.views import filters, image, layer, models, sanity
 
@@ -44,3 +44,5 @@ with alerts:
         st.warning(allow.scrub(message))
     for message in dict.fromkeys(sel.errors):
         st.error(allow.scrub(message))
+
+memory.trim()  # the rerun's temporaries go back to the system, not to a thread's arena

@@ -294,3 +294,11 @@ def test_close_ups_are_cropped_to_the_receptive_field(env: dict[str, Path]) -> N
     full = vis.reconstruct(model, x, method="guided", layer="conv3", channel=5, position=d.position)[0]
     assert full[:, :t].abs().sum() == 0 and full[:, b:].abs().sum() == 0  # nothing is cut off
     assert full[:, :, :l].abs().sum() == 0 and full[:, :, r:].abs().sum() == 0
+
+
+def test_memory_trim_returns_free_pages_on_glibc() -> None:
+    import platform
+
+    from app import memory
+
+    assert memory.trim() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

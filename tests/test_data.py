@@ -70,6 +70,20 @@ def test_second_load_reads_the_cache_not_the_source(tmp_path: Path, monkeypatch:
     assert (second.classes, second.name) == (first.classes, first.name)
 
 
+def test_cached_arrays_are_private_file_maps(tmp_path: Path) -> None:
+    """A cache hit maps the .npy files copy-on-write (pages read only when touched: the app never touches most of the
+    training split): the tensors are writable, and a write changes neither the cache nor the next load."""
+    src = _npz(tmp_path / "toy.npz")
+    data.load(src, cache_dir=tmp_path / "c")
+    hit = data.load(src, cache_dir=tmp_path / "c")
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: the cache's x_train.npy is mapped into this process, not read into its heap
+        assert any(line.endswith("/x_train.npy") for line in maps.read_text().splitlines())
+    before = hit.x_train.clone()
+    hit.x_train += 1
+    assert torch.equal(data.load(src, cache_dir=tmp_path / "c").x_train, before)
+
+
 def test_validation_split_is_seeded_and_disjoint() -> None:
     x = torch.arange(100).view(100, 1, 1, 1).expand(100, 3, 2, 2).to(torch.uint8)
     y = torch.arange(100) % 10

@@ -1,0 +1,136 @@
+"""The app as a user feels it: a real Chromium against ``allconv-app``, each interaction timed from the click until
+the page is idle with its images loaded, first visits and revisits apart, and the server's memory after.
+
+    python bench/app_browser.py [--checkpoint checkpoints/all-cnn-c.safetensors] [--data CIFAR10.npz]
+                                [--scan-limit 10000] [--rounds 3]
+
+Goals (issue 13): a first visit <= 2 s, a revisit <= 300 ms. The Layer view's first scan of a layer is reported on
+its own line (it scans the split once, then is cached on disk for every later visit and session). Needs Chromium
+(/usr/bin/chromium) and the playwright package, as the browser test does; the app's caches go to a temp dir, so every
+first visit is a real first visit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from test_app_browser import ARGS, CHROMIUM, SETTLED, _free_port, _view, _wait_healthy  # noqa: E402
+
+
+def timed(page, action: Callable[[], None], text: str | None = None) -> float:  # noqa: ANN001
+    """ms from the action until the rerun is done and every image has loaded (``text``: wait for it to show)."""
+    t0 = time.perf_counter()
+    action()
+    page.wait_for_timeout(50)  # let the click reach the server before asking whether the page is idle
+    if text:
+        page.get_by_text(text).first.wait_for(timeout=600_000)
+    page.wait_for_function(SETTLED, timeout=600_000)
+    return 1000 * (time.perf_counter() - t0)
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """The server's resident and peak resident memory, MB (its own process: streamlit runs the app in it)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def run(url: str, pid: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    from playwright.sync_api import sync_playwright
+
+    times: dict[str, dict[str, list[float]]] = {}
+
+    def note(kind: str, visit: str, ms: float) -> None:
+        times.setdefault(kind, {"first": [], "revisit": []})[visit].append(ms)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        note("first page load", "first", timed(page, lambda: page.goto(url), "every filter"))
+        side = page.get_by_test_id("stSidebar")
+
+        def layer(name: str) -> Callable[[], None]:
+            def act() -> None:
+                side.get_by_test_id("stSelectbox").filter(has_text="Layer").click()
+                page.get_by_role("option", name=name, exact=True).click()
+            return act
+
+        def method(name: str) -> Callable[[], None]:
+            return lambda: side.get_by_text(name, exact=True).click()
+
+        def image(step: str) -> Callable[[], None]:
+            return lambda: side.get_by_test_id("stNumberInput").get_by_test_id(
+                "stNumberInputStepUp" if step == "+" else "stNumberInputStepDown").click()
+
+        def filt(i: int) -> Callable[[], None]:
+            return lambda: side.get_by_test_id("stSlider").get_by_role("slider").press("ArrowRight")
+
+        layers = ["conv1", "conv2", "conv4", "conv6", "conv7", "conv9"][:rounds + 2]  # the page opens on conv1
+        for name in layers[1:]:  # first visits, then back and forth between visited ones
+            note("change layer", "first", timed(page, layer(name), f"{name}: every filter"))
+        for name in layers[-2:] * rounds:
+            note("change layer", "revisit", timed(page, layer(name), f"{name}: every filter"))
+        for m in ("deconvnet", "backprop"):
+            note("change method", "first", timed(page, method(m), f"({m})"))
+        for m in ("guided", "deconvnet") * rounds:
+            note("change method", "revisit", timed(page, method(m), f"({m})"))
+        for _ in range(rounds):
+            note("change filter", "first", timed(page, filt(1)))
+        for _ in range(rounds):
+            note("change image", "first", timed(page, image("+")))
+        for step in ("-", "+") * rounds:
+            note("change image", "revisit", timed(page, image(step)))
+        note("Layer view (first scan of the layer)", "first", timed(page, lambda: _view(page, "Layer"), "Figure 2 for"))
+        for view in ("Image", "Layer") * rounds:
+            note("switch view", "revisit", timed(page, lambda v=view: _view(page, v)))
+        for view in ("Filters", "Models", "Sanity"):
+            note("switch view", "first", timed(page, lambda v=view: _view(page, v)))
+        browser.close()
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "all-cnn-c.safetensors"))
+    ap.add_argument("--data", help="dataset (default: the offline CIFAR-10 copy)")
+    ap.add_argument("--scan-limit", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    from allconv.data import find_offline_cifar10
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "ALLCONV_CHECKPOINT": args.checkpoint, "ALLCONV_CACHE": tmp,
+               "ALLCONV_DATA": args.data or str(find_offline_cifar10()), "ALLCONV_SCAN_LIMIT": str(args.scan_limit)}
+        port = _free_port()
+        cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"), "--server.port", str(port),
+               "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_healthy(f"http://localhost:{port}", proc)
+            start = rss_mb(proc.pid)[0]
+            times = run(f"http://localhost:{port}", proc.pid, args.rounds)
+            time.sleep(5)
+            rss, peak = rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"app in Chromium: {args.checkpoint}, scan limit {args.scan_limit}, {os.cpu_count()} CPUs; ms from the "
+          "click until the page is idle with its images loaded\n")
+    print("| interaction | first visit median / max ms | revisit median / max ms |\n|---|---:|---:|")
+    for kind, t in times.items():
+        cell = lambda xs: f"{statistics.median(xs):,.0f} / {max(xs):,.0f} (n={len(xs)})" if xs else "-"  # noqa
+        print(f"| {kind} | {cell(t['first'])} | {cell(t['revisit'])} |")
+    print(f"\nserver memory: {start:.0f} MB at start, {rss:.0f} MB after the session (peak {peak:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
