@@ -2,7 +2,8 @@
 
 ``vis.scan`` finds each filter's top-k images over a split (re-exported here: ``figure2.scan``, ``Scan``,
 ``save_scan``, ``load_scan``). ``reconstructions`` computes each pick's input-space signal with
-``vis.reconstruct_methods_at`` (batched over all picks; one forward serves every method) and crops it to the pick's receptive field (RF).
+``vis.reconstruct_methods_at`` (batched over all picks; one forward serves every method) and crops it to the pick's
+receptive field (RF).
 ``figure`` renders the paper's layout with ``vis.layout``: one panel per kind ("patches", "guided backprop", ...), one
 row per filter, k columns, under a title naming model, layer and data; on the class layer (``class_layer``: its
 channels are the class scores) rows are named by class and patches captioned with their image's class.

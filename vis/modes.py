@@ -50,7 +50,8 @@ METHODS = ("guided", "deconvnet", "backprop")
 
 class _RuleRelu(torch.autograd.Function):
     """One ReLU call: torch's own op forward; ``rule(g, mask)`` backward, mask = [input > 0]. The rule is the
-    subclass's, or (``_SwitchRelu``) whichever ``Switch.method`` names when the backward runs."""
+    subclass's or, given a ``Switch`` (``shared_backward``), whichever method the switch names when the backward
+    runs."""
 
     @staticmethod
     def rule(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden

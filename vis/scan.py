@@ -13,7 +13,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -73,8 +73,9 @@ class Scan:
 # --- scan ----------------------------------------------------------------------------------------------------------
 
 def scan(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, *, layer: str, top_k: int = 9,
-         batch_size: int = 500, device: str | torch.device | None = None, progress: bool = True,
-         split: str = "test", data: str = "", amp: str = "auto") -> Scan:
+         batch_size: int = 500, device: str | torch.device | None = None,
+         progress: bool | Callable[[int, int], None] = True, split: str = "test", data: str = "",
+         amp: str = "auto") -> Scan:
     """Stream uint8 NCHW ``images`` through ``model`` and keep each filter of ``layer``'s top-k distinct images
     (``split`` and ``data``, the dataset's name, are recorded for the figure's title; ``amp``: see ``scan_layers``)."""
     return scan_layers(model, images, preprocess, layers=[layer], top_k=top_k, batch_size=batch_size, device=device,
@@ -83,10 +84,12 @@ def scan(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, *, laye
 
 def scan_layers(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, *, layers: Sequence[str],
                 top_k: int = 9, batch_size: int = 500, device: str | torch.device | None = None,
-                progress: bool = True, split: str = "test", data: str = "", amp: str = "auto") -> dict[str, Scan]:
+                progress: bool | Callable[[int, int], None] = True, split: str = "test", data: str = "",
+                amp: str = "auto") -> dict[str, Scan]:
     """``scan`` for several layers sharing one forward per batch (it stops at the deepest of them). ``amp``: "auto"
     scans in bf16 where it is native and rescores the candidates in fp32 (``vis.prefilter``: the same picks, values
-    and positions as fp32), "on" always, "off" never."""
+    and positions as fp32), "on" always, "off" never. ``progress``: a tqdm bar, or ``progress(done, total)`` called
+    after each batch of the pass over all images."""
     _check_uint8(images)
     if top_k < 1 or batch_size < 1:
         raise AllconvError(f"top_k and batch_size must be >= 1, got top_k={top_k}, batch_size={batch_size}")
@@ -275,9 +278,18 @@ def _map_size(model: nn.Module, layer: str, size: tuple[int, int]) -> tuple[int,
     return int(fmap.shape[2]), int(fmap.shape[3])
 
 
-def _progress(it: range, show: bool, desc: str) -> Iterable[int]:
+def _progress(it: range, show: bool | Callable[[int, int], None], desc: str) -> Iterable[int]:
+    """``it`` (batch starts) with a tqdm bar (``show`` True), or calling ``show(images done, total)`` after each."""
+    if callable(show):
+        return _reporting(it, show)
     if not show:
         return it
     from tqdm import tqdm
 
     return tqdm(it, desc=desc, unit="batch", leave=False)
+
+
+def _reporting(it: range, report: Callable[[int, int], None]) -> Iterator[int]:
+    for start in it:
+        yield start
+        report(min(start + it.step, it.stop), it.stop)
