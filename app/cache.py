@@ -1,6 +1,8 @@
-"""Streamlit caches: one model per checkpoint file and one dataset per source, shared by every session
-(``st.cache_resource``); rendered images per (checkpoint, image, layer, method) as PNG bytes (``st.cache_data``), so a
-revisited selection costs no compute and no re-encoding.
+"""The app's caches, shared by every session: one model per checkpoint file and one dataset per source
+(``st.cache_resource``, at most 4 and 2); rendered images per (checkpoint, image, layer, method) as PNG bytes and the
+other results (``lru.memo``), so a revisited selection costs no compute and no re-encoding. Every cache is bounded in
+entries, and the memoized ones and the scans in bytes too: about 275 MB together at most, besides the models and
+datasets.
 
 Cached functions take the checkpoint's ``stamp`` (path, size, mtime) as their key, so replacing a checkpoint file
 reloads it; arguments starting with ``_`` (models, tensors) are not hashed.
@@ -8,8 +10,6 @@ reloads it; arguments starting with ``_`` (models, tensors) are not hashed.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,9 @@ from allconv.preprocess import Preprocess
 
 from . import compute, scans
 from .config import SCAN_TOP_K
+from .lru import BoundedLRU, memo
+
+MB = 1 << 20
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading checkpoint...")
@@ -40,62 +43,55 @@ def dataset(source: str) -> Splits:
     return load_data(source or None)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@memo(256, 1 * MB)
 def top5(stamp: str, image_key: str, _model: nn.Module, _x: torch.Tensor,
          classes: list[str]) -> list[tuple[str, float]]:
     return compute.top5(_model, _x, classes)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@memo(64, 1 * MB)
 def num_filters(stamp: str, layer: str, _model: nn.Module) -> int:
     return compute.num_filters(_model, layer)
 
 
-@st.cache_data(max_entries=128, show_spinner="Reconstructing every filter of the layer...")
+@memo(128, 64 * MB, spinner="Reconstructing every filter of the layer...")
 def grid_png(stamp: str, image_key: str, layer: str, method: str, _model: nn.Module, _x: torch.Tensor,
              classes: tuple[str, ...] = ()) -> bytes:
     return compute.png(compute.reconstruction_grid(_model, _x, layer, method, classes))
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@memo(256, 32 * MB)
 def detail(stamp: str, image_key: str, layer: str, channel: int, _model: nn.Module, _x: torch.Tensor,
            _image: torch.Tensor) -> compute.Detail:
     return compute.filter_detail(_model, _x, _image, layer, channel)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@memo(64, 16 * MB)
 def weights_png(stamp: str, layer: str, channel: int, _model: nn.Module) -> tuple[bytes, str]:
     img, caption = compute.weights_image(_model, layer, channel)
     return compute.png(img), caption
 
 
-_SCANS: "OrderedDict[tuple, scans.Scan]" = OrderedDict()
-_SCANS_LOCK = threading.Lock()
-MAX_SCANS = 16
+_SCANS = BoundedLRU(16, 64 * MB)  # scans in memory (their arrays only: tiles are drawn on copies)
 
 
 def scan(stamp: str, source: str, split: str, layer: str, limit: int, model: nn.Module, images: torch.Tensor,
          pre: Preprocess, progress: Callable[[int, int], None] | None = None) -> scans.Scan:
     """The Figure 2 scan, shared by every session (memory, then disk, then computed while ``progress`` reports).
 
-    A plain LRU rather than ``st.cache_resource``: the progress bar is drawn inside the computation, which Streamlit's
-    caches refuse to replay."""
+    Not memoized by ``memo``: the progress bar is drawn inside the computation, and a hit must not draw it."""
     key = (stamp, source, split, layer, limit)
-    with _SCANS_LOCK:
-        if key in _SCANS:
-            _SCANS.move_to_end(key)
-            return _SCANS[key]
+    hit, s = _SCANS.get(key)
+    if hit:
+        return s
     disk_key = {"checkpoint": stamp, "data": source, "split": split, "layer": layer, "limit": limit,
                 "top_k": SCAN_TOP_K}
     s = scans.load_or_compute(disk_key, model, images, pre, progress)
-    with _SCANS_LOCK:
-        _SCANS[key] = s
-        while len(_SCANS) > MAX_SCANS:
-            _SCANS.popitem(last=False)
+    _SCANS.put(key, s)
     return s
 
 
-@st.cache_data(max_entries=64, show_spinner="Reconstructing the top patches...")
+@memo(64, 64 * MB, spinner="Reconstructing the top patches...")
 def figure_png(stamp: str, source: str, split: str, layer: str, limit: int, methods: tuple[str, ...],
                filters: tuple[int, ...],
                _model: nn.Module, _images: torch.Tensor, _pre: Preprocess, _scan: scans.Scan,
@@ -105,12 +101,12 @@ def figure_png(stamp: str, source: str, split: str, layer: str, limit: int, meth
     return compute.png(img), img.info["panels"]
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@memo(256, 1 * MB)
 def predicted(stamp: str, image_key: str, _model: nn.Module, _x: torch.Tensor) -> int:
     return compute.predicted(_model, _x)
 
 
-@st.cache_data(max_entries=32, show_spinner="Randomizing the net layer by layer...")
+@memo(32, 32 * MB, spinner="Randomizing the net layer by layer...")
 def sanity(stamp: str, image_key: str, layer: str | None, channel: int, _model: nn.Module,
            _x: torch.Tensor) -> tuple[list[str], dict[str, list[float]], bytes]:
     r = compute.sanity(_model, _x, layer, channel)
