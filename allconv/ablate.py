@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from . import rundir
 from .config import PROTOCOLS, TrainConfig
+from .argparsing import Parser
 from .errors import AllconvError
 from .models import names
 
@@ -139,7 +140,7 @@ def _curves(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="allconv-ablate", description="BN x dropout x optimizer grid, resumable.")
+    ap = Parser(prog="allconv-ablate", description="BN x dropout x optimizer grid, resumable.")
     ap.add_argument("--models", default="model-a,all-cnn-c", help="comma list of nets (default model-a,all-cnn-c)")
     ap.add_argument("--protocols", default="paper,fast", help="comma list of protocols (default paper,fast)")
     ap.add_argument("--seeds", default="0,1", help="comma list of seeds (default 0,1)")

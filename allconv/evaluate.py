@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .argparsing import Parser
 from .errors import AllconvError
 from .paper import TABLE3_ERROR, TABLE3_PARAMS
 from .preprocess import Preprocess
@@ -145,7 +145,7 @@ def write_table(paths: Sequence[str | Path], out: str | Path, echo: bool = True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="allconv-eval", description="Test (and val) accuracy of trained nets.")
+    ap = Parser(prog="allconv-eval", description="Test (and val) accuracy of trained nets.")
     ap.add_argument("runs", nargs="+", help="run directories or .safetensors checkpoints")
     ap.add_argument("--table", action="store_true", help="write the paper's Table 3 with our error beside the paper's")
     ap.add_argument("--out", default=".", help="where --table writes table3.md and table3.png")

@@ -6,11 +6,12 @@ import argparse
 from typing import Sequence
 
 from .config import PROTOCOLS
+from .argparsing import Parser
 from .models import names
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="allconv-train", description="Train one of the paper's 12 nets.")
+    ap = Parser(prog="allconv-train", description="Train one of the paper's 12 nets.")
     ap.add_argument("--model", default="all-cnn-c", help=f"one of: {', '.join(names())}; or several, comma-separated, "
                     "or all: a family, each net trained with the same config under --out/<net>")
     ap.add_argument("--protocol", default="fast", choices=list(PROTOCOLS))

@@ -19,12 +19,13 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from allconv.argparsing import Parser
 from allconv.errors import AllconvError
 from allconv.preprocess import Preprocess
 
@@ -41,15 +42,8 @@ DEFAULT_FILTERS = 16  # without --filters: the first 16 filters, or all of a sma
 SCAN_OPTIONS = ("data", "download", "split", "limit", "top_k")  # asking for any of these asks for a scan
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (``error: ...``) and exit code 2, like every other bad input."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}; see {PROG} --help\n")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = _Parser(prog=PROG, description="Figure 2 of Springenberg et al. 2014 (top patches + guided backprop, "
+    ap = Parser(prog=PROG, description="Figure 2 of Springenberg et al. 2014 (top patches + guided backprop, "
                  "deconvnet, backprop reconstructions) for a layer, or one image's reconstructions.")
     ap.add_argument("--checkpoint", help="a .safetensors file or run dir (default: the shipped All-CNN-C, else the "
                     "newest run under runs/)")
