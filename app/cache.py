@@ -10,31 +10,38 @@ reloads it; arguments starting with ``_`` (models, tensors) are not hashed.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import streamlit as st
 import torch
 from torch import nn
 
-from allconv import checkpoint
-from allconv.checkpoint import Meta
 from allconv.data import Splits
 from allconv.data import load as load_data
 from allconv.preprocess import Preprocess
+from vis.sources import Source, checkpoint_source, resize_crop
 
-from . import compute, scans
+from . import compute, scans, zoo
 from .config import SCAN_TOP_K
 from .lru import BoundedLRU, memo
 
 MB = 1 << 20
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading checkpoint...")
-def model(stamp: str) -> tuple[nn.Module, Meta]:
-    """``(model in eval mode, meta)`` for a checkpoint, by its stamp (see ``sources.stamp``)."""
-    path = Path(stamp.rsplit(":", 2)[0])
-    return checkpoint.load(path)
+@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+def model(stamp: str) -> Source:
+    """The model in eval mode with its preprocessing, classes and input size, by its stamp: one of our checkpoints
+    (``sources.stamp``) or an offered torchvision model (``zoo.stamp``)."""
+    if zoo.is_label(stamp):
+        return zoo.load(stamp)
+    return checkpoint_source(stamp.rsplit(":", 2)[0], torch.device("cpu"))
+
+
+@st.cache_resource(max_entries=1, show_spinner="Resizing the dataset's images for the model...")
+def fitted(source: str, split: str, limit: int, size: int, resize: int, _images: torch.Tensor) -> torch.Tensor:
+    """The first ``limit`` images of a split at a torchvision model's input (short side ``resize``, center crop
+    ``size``), as the Layer view scans them; one such batch at a time (224x224 images are 49x CIFAR's)."""
+    return torch.stack([resize_crop(im, resize, size) for im in _images[:limit]])
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading dataset...")
@@ -50,14 +57,19 @@ def top5(stamp: str, image_key: str, _model: nn.Module, _x: torch.Tensor,
 
 
 @memo(64, 1 * MB)
-def num_filters(stamp: str, layer: str, _model: nn.Module) -> int:
-    return compute.num_filters(_model, layer)
+def num_filters(stamp: str, layer: str, _model: nn.Module, size: int = 32) -> int:
+    return compute.num_filters(_model, layer, size)
 
 
-@memo(128, 64 * MB, spinner="Reconstructing every filter of the layer...")
+@memo(16, 1 * MB)
+def layers(stamp: str, _net: Source) -> list[str]:
+    return compute.layers(_net)
+
+
+@memo(128, 64 * MB, spinner="Reconstructing the layer's filters...")
 def grid_png(stamp: str, image_key: str, layer: str, method: str, _model: nn.Module, _x: torch.Tensor,
-             classes: tuple[str, ...] = ()) -> bytes:
-    return compute.png(compute.reconstruction_grid(_model, _x, layer, method, classes))
+             classes: tuple[str, ...] = (), filters: range | None = None) -> bytes:
+    return compute.png(compute.reconstruction_grid(_model, _x, layer, method, classes, filters))
 
 
 @memo(256, 32 * MB)

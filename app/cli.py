@@ -1,6 +1,8 @@
 """``allconv-app``: start the Streamlit app on localhost. ``--checkpoint-dir DIR`` and ``--data-root DIR`` (each
-repeatable) name the folders a visitor may open checkpoints and datasets from (see ``app.allow``); other arguments go
-to ``streamlit run`` (e.g. ``allconv-app --server.port 8600``)."""
+repeatable) name the folders a visitor may open checkpoints and datasets from (see ``app.allow``); ``--torchvision
+NAME[=WEIGHTS]`` (repeatable) offers a torchvision classifier beside them: ``resnet18`` (random init),
+``resnet18=DEFAULT`` (torchvision's weights, downloaded once) or ``resnet18=FILE`` (a state dict; see ``app.zoo``).
+Other arguments go to ``streamlit run`` (e.g. ``allconv-app --server.port 8600``)."""
 
 from __future__ import annotations
 
@@ -26,8 +28,21 @@ def folders(argv: Sequence[str], environ: dict[str, str]) -> tuple[list[str], di
     ap = argparse.ArgumentParser(prog="allconv-app", add_help=False)
     for flag in FOLDER_FLAGS:
         ap.add_argument(flag, action="append", default=[])
+    ap.add_argument("--torchvision", action="append", default=[])
     ours, rest = ap.parse_known_args(argv)
     env = dict(environ)
+    if ours.torchvision:
+        from allconv.errors import AllconvError
+
+        from .zoo import ENV, check
+
+        given = [_absolute(t) for t in ours.torchvision]
+        text = ",".join([env.get(ENV, ""), *given]).strip(",")
+        try:
+            check(text)
+        except AllconvError as e:
+            raise SystemExit(f"allconv-app: {e}") from None
+        env[ENV] = text
     for flag, var in FOLDER_FLAGS.items():
         given = getattr(ours, flag[2:].replace("-", "_"))
         missing = [d for d in given if not Path(d).expanduser().is_dir()]
@@ -37,6 +52,14 @@ def folders(argv: Sequence[str], environ: dict[str, str]) -> tuple[list[str], di
             old = [env[var]] if env.get(var) else []
             env[var] = os.pathsep.join(old + [str(Path(d).expanduser().resolve()) for d in given])
     return rest, env
+
+
+def _absolute(item: str) -> str:
+    """``NAME=FILE`` with FILE made absolute (the server may run elsewhere); ``NAME`` and ``NAME=DEFAULT`` as given."""
+    name, _, weights = item.partition("=")
+    if weights.strip() in ("", "DEFAULT"):
+        return item
+    return f"{name}={Path(weights.strip()).expanduser().resolve()}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,13 +18,18 @@ from torch import nn
 
 import vis
 from allconv.errors import AllconvError
+from allconv.models import layer_names
 from allconv.preprocess import Preprocess
 from vis import figure2, layout, render
+from vis.sources import Source, layer_shapes
 from vis.receptive import receptive_field
 from vis.sanity import randomization_check
 
 TILE_SCALE = 2  # grid tiles: 32x32 signals drawn at 64x64 ...
 GRID_MAX_PX = 1100  # ... unless that makes the grid wider than this: then at 32x32 (192 filters: 22 columns)
+LARGE = 64  # inputs wider than this (torchvision's 224) get paged grids of smaller tiles:
+PAGE = 64  # filters per grid page (each is a full backward pass at 224x224) ...
+TILE_MAX = 96  # ... each tile at most this many px
 BIG = 160  # close-up images are drawn this many pixels wide
 
 
@@ -36,8 +41,9 @@ def png(img: Image.Image) -> bytes:
 
 
 def enlarge(img: Image.Image, width: int = BIG) -> Image.Image:
-    """Nearest-neighbour upscaling, so a 32x32 image stays crisp."""
-    return img.resize((width, max(1, round(img.height * width / img.width))), Image.Resampling.NEAREST)
+    """Nearest-neighbour upscaling, so a 32x32 image stays crisp (a larger one is shrunk smoothly)."""
+    how = Image.Resampling.NEAREST if width >= img.width else Image.Resampling.LANCZOS
+    return img.resize((width, max(1, round(img.height * width / img.width))), how)
 
 
 def model_input(image: torch.Tensor, preprocess: Preprocess | None) -> torch.Tensor:
@@ -65,21 +71,41 @@ def num_filters(model: nn.Module, layer: str, size: int = 32) -> int:
     return int(vis.activations(model, torch.zeros(1, 3, size, size), layer).shape[1])
 
 
+def layers(net: Source) -> list[str]:
+    """The layers a visitor picks from, in forward order: our nets' ``conv*``/``pool*``; a torchvision model's
+    convs, blocks and pools (``allconv-visualize --list-layers``)."""
+    if not net.torchvision:
+        return layer_names(net.model)
+    return [name for name, _ in layer_shapes(net.model, net.size, torch.device("cpu"))]
+
+
 def grid_columns(n: int) -> int:
     """Columns for an n-tile grid: wider than tall, to fit a page."""
     return max(1, min(n, math.ceil(math.sqrt(n * 2.5))))
 
 
+def grid_filters(n: int, channel: int, side: int) -> range:
+    """The filters one grid shows: all ``n`` for our 32x32 nets; for large inputs the page of ``PAGE`` that holds
+    ``channel`` (a ResNet's 512 filters at 224x224 would be 512 full backward passes)."""
+    page = n if side <= LARGE else PAGE
+    start = channel // page * page
+    return range(start, min(n, start + page))
+
+
 def reconstruction_grid(model: nn.Module, x: torch.Tensor, layer: str, method: str,
-                        classes: Sequence[str] = ()) -> Image.Image:
-    """Every filter's reconstruction (at its strongest position) in one labelled grid image; on the class layer
-    (conv9, whose channels are the class scores) the tiles are named by class."""
+                        classes: Sequence[str] = (), filters: range | None = None) -> Image.Image:
+    """The reconstructions of ``filters`` (default: every filter), each at its strongest position, in one labelled
+    grid image; on the class layer (conv9, whose channels are the class scores) the tiles are named by class."""
     n = num_filters(model, layer, x.shape[-1])
-    signals = vis.reconstruct(model, x, method=method, layer=layer, channel=list(range(n)))[0]
+    filters = filters if filters is not None else range(n)
+    signals = vis.reconstruct(model, x, method=method, layer=layer, channel=list(filters))[0]
     tiles = torch.stack([render.to_image(s) for s in signals])
-    cols = grid_columns(n)
+    if tiles.shape[-1] > TILE_MAX:  # area-averaged down, so a 224x224 tile still reads
+        tiles = torch.nn.functional.interpolate(tiles, size=(TILE_MAX, TILE_MAX), mode="area")
+    cols = grid_columns(len(filters))
     scale = TILE_SCALE if cols * (tiles.shape[-1] * TILE_SCALE + 1) <= GRID_MAX_PX else 1
-    return render.grid(tiles, cols, pad=1, labels=tile_labels(model, layer, n, classes), scale=scale)
+    labels = tile_labels(model, layer, n, classes)
+    return render.grid(tiles, cols, pad=1, labels=[labels[f] for f in filters], scale=scale)
 
 
 def tile_labels(model: nn.Module, layer: str, n: int, classes: Sequence[str]) -> list[str]:

@@ -23,6 +23,7 @@ from allconv.errors import AllconvError
 MAX_UPLOAD_MB = 5
 MAX_UPLOAD_PIXELS = 50_000_000  # decoded size cap: a 5 MB PNG can hold a 400-megapixel image
 DEFAULT_SCAN_LIMIT = 10_000
+LARGE_SCAN_LIMIT = 500  # a torchvision model scans at most this many images (224x224: 75 MB of them)
 SCAN_TOP_K = 10  # as allconv-visualize
 VIEWS = ("Image", "Layer", "Filters", "Models", "Sanity")  # also the ?view= values
 

@@ -25,6 +25,7 @@ from .config import SCAN_TOP_K, scan_dir
 
 CHUNK = 500  # images per scan batch: the progress bar's step
 TILE_PX = 45  # Figure 2 tiles are upscaled to about this many pixels, whatever the layer's receptive field
+MAX_FIGURE_PX = 2400  # a wider figure (a torchvision model's large receptive fields) is shrunk to this width
 
 
 def scan_path(key: dict[str, object]) -> Path:
@@ -66,6 +67,18 @@ def render(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, s: Sc
     receptive fields are upscaled more, so every layer's figure reads at a similar size. On the class layer, rows
     are named by ``classes`` and each patch by its image's label."""
     work = dataclasses.replace(s, recons={}, seconds=dict(s.seconds))
-    scale = max(2, min(10, TILE_PX // max(1, min(s.rf_size, *s.image_size))))
-    return figure2.render_scan(model, images, preprocess, work, methods=list(methods), filters=filters, scale=scale,
-                               classes=list(classes) or None, labels=labels)
+    side = max(1, min(s.rf_size, *s.image_size))
+    scale = max(2, min(10, TILE_PX // side)) if side <= 2 * TILE_PX else 1
+    return shrink(figure2.render_scan(model, images, preprocess, work, methods=list(methods), filters=filters,
+                                      scale=scale, classes=list(classes) or None, labels=labels))
+
+
+def shrink(img: Image.Image, width: int = MAX_FIGURE_PX) -> Image.Image:
+    """``img`` at most ``width`` px wide (smoothly), its ``info["panels"]`` boxes scaled alike."""
+    if img.width <= width:
+        return img
+    f = width / img.width
+    out = img.resize((width, max(1, round(img.height * f))), Image.Resampling.LANCZOS)
+    out.info["panels"] = [{**p, **{k: round(p[k] * f) for k in ("x", "y", "width", "height")}}
+                          for p in img.info.get("panels", [])]
+    return out

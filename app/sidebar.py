@@ -14,12 +14,11 @@ import torch
 from torch import nn
 
 import vis
-from allconv.checkpoint import Meta
 from allconv.data import Splits
 from allconv.errors import AllconvError
-from allconv.models import layer_names
+from vis.sources import Source
 
-from . import allow, cache, sources
+from . import allow, cache, sources, zoo
 from .config import MAX_UPLOAD_MB, data_source
 
 Q = "query-params"
@@ -35,7 +34,7 @@ class Selection:
 
     stamp: str = ""
     model: nn.Module | None = None
-    meta: Meta | None = None
+    net: Source | None = None  # the model with its preprocessing, classes and input size
     source: str = ""
     data: Splits | None = None
     split: str = "test"
@@ -54,16 +53,17 @@ def _clamp(key: str, options: list, default: object) -> None:
 
 
 def checkpoint_input(sel: Selection) -> None:
-    """Pick a checkpoint (or type a path) and load it through the shared cache."""
+    """Pick a checkpoint or an offered torchvision model (or type a path) and load it through the shared cache."""
     choices = sources.checkpoint_choices()
     default = sources.default_choice(choices)
-    options = list(choices)
+    options = list(choices) + list(zoo.offered())
     asked = st.query_params.get("checkpoint")
     if asked is not None and asked not in options and "checkpoint" not in st.session_state:
         sel.errors.append(allow.NO_CHECKPOINT)  # a link naming something else: the widget falls back to the default
     text = st.sidebar.selectbox("Checkpoint", options, index=options.index(default) if default else None,
                                 key="checkpoint", bind=Q, placeholder="no checkpoint found",
-                                help="shipped nets, $ALLCONV_CHECKPOINT_DIR and local runs")
+                                help="shipped nets, $ALLCONV_CHECKPOINT_DIR, local runs, and the torchvision models "
+                                     "the server offers")
     typed = st.sidebar.text_input("...or a checkpoint path", key="checkpoint_path", bind=Q,
                                   placeholder="path to a .safetensors file or run directory").strip()
     text = typed or text
@@ -71,8 +71,10 @@ def checkpoint_input(sel: Selection) -> None:
         sel.notes.append(sources.TRAIN_HINT)
         return
     try:
-        sel.stamp = sources.stamp(sources.resolve(text, choices))
-        sel.model, sel.meta = cache.model(sel.stamp)
+        sel.stamp = zoo.stamp(text) if zoo.is_label(text) else sources.stamp(sources.resolve(text, choices))
+        sel.net = cache.model(sel.stamp)
+        sel.model = sel.net.model
+        sel.notes += sel.net.notes
     except AllconvError as e:
         sel.stamp = ""
         sel.errors.append(str(e))
@@ -104,11 +106,12 @@ def image_input(sel: Selection) -> None:
     """An uploaded image if there is one (and it reads), else the chosen dataset image (by class and index)."""
     upload = st.sidebar.file_uploader(f"Upload an image (max {MAX_UPLOAD_MB} MB)", key="upload",
                                       help="any image file (PNG, JPEG, BMP, WebP, GIF): center-cropped, transparency "
-                                           "on grey, 16-bit scaled, resized to 32x32; the caption says what was done")
+                                           "on grey, 16-bit scaled, resized to the model's input (32x32 for our nets); "
+                                           "the caption says what was done")
     uploaded, problem = None, None
     if upload is not None:
         try:
-            uploaded = sources.from_upload(upload.name, upload.getvalue())
+            uploaded = sources.from_upload(upload.name, upload.getvalue(), sel.net)
         except AllconvError as e:
             problem = str(e)
     _mark_upload(sel, uploaded)
@@ -143,16 +146,16 @@ def _dataset_image(sel: Selection, data: Splits) -> None:
     if st.session_state.get("image", 0) >= count:
         st.session_state["image"] = 0
     idx = st.sidebar.number_input(f"Index (0-{count - 1})", 0, count - 1, key="image", bind=Q, step=1)
-    sel.picked = sources.from_dataset(data, sel.source, sel.split, cls, int(idx))
+    sel.picked = sources.fit(sources.from_dataset(data, sel.source, sel.split, cls, int(idx)), sel.net)
 
 
 def layer_inputs(sel: Selection) -> None:
     """Layer (in forward order), filter index and the grid's method."""
-    assert sel.model is not None
-    layers = layer_names(sel.model)
+    assert sel.model is not None and sel.net is not None
+    layers = cache.layers(sel.stamp, sel.net)
     _clamp("layer", layers, layers[0])
     sel.layer = st.sidebar.selectbox("Layer", layers, key="layer", bind=Q)
-    n = cache.num_filters(sel.stamp, sel.layer, sel.model)
+    n = cache.num_filters(sel.stamp, sel.layer, sel.model, sel.net.size)
     _clamp("filter", list(range(n)), 0)
     sel.channel = int(st.sidebar.select_slider("Filter", options=list(range(n)), key="filter", bind=Q,
                                                help="pick a filter to see it large; grids label every filter"))
@@ -174,16 +177,14 @@ def render() -> Selection:
 
 def model_input(sel: Selection) -> torch.Tensor | None:
     """The picked image preprocessed for the model, or None (error recorded)."""
-    if sel.picked is None or sel.meta is None:
+    if sel.picked is None or sel.net is None:
         return None
     from .compute import model_input as prep
 
     try:
-        return prep(sel.picked.image, sel.meta.preprocess)
+        return prep(sel.picked.image, sel.net.preprocess)
     except AllconvError as e:
         sel.errors.append(str(e))
         return None
 
 
-def path_of(stamp: str) -> Path:
-    return Path(stamp.rsplit(":", 2)[0])

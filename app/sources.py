@@ -6,6 +6,7 @@ the repository when possible) that is stable enough to live in a shareable URL.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from allconv import checkpoint, rundir
 from allconv.data import Splits
 from allconv.image import load_image_described
 from allconv.errors import AllconvError
+from vis.sources import Source, read_image, resize_crop
 
 from . import allow
 from .config import MAX_UPLOAD_MB, MAX_UPLOAD_PIXELS, checkpoint_dirs, preferred_checkpoint
@@ -90,7 +92,8 @@ def stamp(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Picked:
-    """The image under study: uint8 (3, 32, 32), a cache key, a caption and its true label (None if unknown)."""
+    """The image under study: uint8 (3, H, W) at the net's input size, a cache key, a caption and its true label
+    (None if unknown)."""
 
     image: torch.Tensor
     key: str
@@ -98,18 +101,31 @@ class Picked:
     label: int | None = None
 
 
-def from_upload(name: str, data: bytes) -> Picked:
-    """An uploaded file as a 32x32 RGB image; too big (bytes or pixels) or not an image -> AllconvError."""
+def from_upload(name: str, data: bytes, net: Source | None = None) -> Picked:
+    """An uploaded file as an RGB image at the net's input (32x32 for ours; a torchvision model's resize and center
+    crop, as ``allconv-visualize --image``); too big (bytes or pixels) or not an image -> AllconvError."""
     if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
         raise AllconvError(f"upload {name!r} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
     _check_pixels(name, data)
     try:
-        image, how = load_image_described(data, size=32)
+        image, how = read_image(net, data) if net is not None else load_image_described(data, size=32)
     except AllconvError:
         raise AllconvError(f"upload {name!r} is not a readable image; give a PNG, JPEG, BMP, WebP or GIF "
                            "file") from None
     digest = hashlib.sha1(data).hexdigest()[:16]
     return Picked(image, f"upload:{digest}", f"uploaded {name}: {how}")
+
+
+def fit(picked: Picked, net: Source | None) -> Picked:
+    """A dataset image at the net's input size: as it is for our 32x32 nets; for a torchvision model resized as its
+    eval transform does (short side, then center crop), and the caption says so."""
+    h, w = picked.image.shape[-2:]
+    if net is None or (h, w) == (net.size, net.size):
+        return picked
+    image = resize_crop(picked.image, net.resize or net.size, net.size)
+    return dataclasses.replace(picked, image=image, key=f"{picked.key}@{net.size}",
+                               caption=f"{picked.caption}, {w}x{h} resized to {net.size}x{net.size} for "
+                                       f"{net.display}")
 
 
 def _check_pixels(name: str, data: bytes) -> None:
@@ -123,7 +139,7 @@ def _check_pixels(name: str, data: bytes) -> None:
         return
     if too_big:
         raise AllconvError(f"upload {name!r} is {size}; the limit is {MAX_UPLOAD_PIXELS // 10**6} megapixels: "
-                           "shrink it first (it is resized to 32x32 anyway)")
+                           "shrink it first (it is resized to the model's input anyway)")
 
 
 def class_indices(splits: Splits, split: str, cls: str) -> torch.Tensor:

@@ -235,7 +235,7 @@ def test_cached_model_has_no_hooks_after_many_reruns(env: dict[str, Path]) -> No
         for view in ("Layer", "Filters", "Sanity", "Image"):
             at.segmented_control(key="view").set_value(view).run()
     ok(at)
-    model, _ = cache.model(sources.stamp(env["ckpt"]))
+    model = cache.model(sources.stamp(env["ckpt"])).model
     for name, m in model.named_modules():
         hooks = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
         assert not any(hooks), f"{name or 'model'} has hooks left: {hooks}"

@@ -121,6 +121,7 @@ def randomization_check(model: nn.Module, images: torch.Tensor, *, layer: str | 
         stack = torch.stack(maps[m])
         flat = stack.reshape(len(stages), len(images), -1)
         result.maps[m] = stack
-        result.spearman[m] = [_mean(spearman(flat[s].abs(), flat[0].abs())) for s in range(len(stages))]
+        trained = _ranks(flat[0].abs())  # ranked once, not once per stage
+        result.spearman[m] = [_mean(pearson(_ranks(flat[s].abs()), trained)) for s in range(len(stages))]
         result.pearson[m] = [_mean(pearson(flat[s], flat[0])) for s in range(len(stages))]
     return result

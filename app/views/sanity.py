@@ -19,9 +19,9 @@ def render(sel: Selection, x: torch.Tensor | None) -> None:
     if sel.picked is None or x is None:
         st.info("Pick a dataset image or upload one in the sidebar.")
         return
-    assert sel.meta is not None
+    assert sel.net is not None
     cls = cache.predicted(sel.stamp, sel.picked.key, sel.model, x)
-    name = sel.meta.classes[cls] if cls < len(sel.meta.classes) else str(cls)
+    name = sel.net.classes[cls] if cls < len(sel.net.classes) else str(cls)
     titles = {"class": f"predicted class ({name})", "filter": f"{sel.layer} filter {sel.channel}"}
     unit = st.segmented_control("Explain", UNITS, default="class", key="unit", format_func=titles.get,
                                 required=True) or "class"
