@@ -21,8 +21,7 @@ from allconv.data import load as load_data
 from allconv.preprocess import Preprocess
 from vis.sources import Source, checkpoint_source, resize_crop
 
-from . import compute, scans, zoo
-from .config import SCAN_TOP_K
+from . import compute, precompute, scans, zoo
 from .lru import BoundedLRU, memo
 
 MB = 1 << 20
@@ -96,9 +95,10 @@ def scan(stamp: str, source: str, split: str, layer: str, limit: int, model: nn.
     hit, s = _SCANS.get(key)
     if hit:
         return s
-    disk_key = {"checkpoint": stamp, "data": source, "split": split, "layer": layer, "limit": limit,
-                "top_k": SCAN_TOP_K}
-    s = scans.load_or_compute(disk_key, model, images, pre, progress)
+    job = precompute.running(stamp, source, split, layer, limit)
+    if job is not None:  # the background pass is scanning this layer: wait for it rather than scan twice
+        job.wait(progress)
+    s = scans.load_or_compute(scans.disk_key(stamp, source, split, layer, limit), model, images, pre, progress)
     _SCANS.put(key, s)
     return s
 

@@ -21,6 +21,7 @@ view = st.segmented_control("View", VIEWS, default="Image", key="view", bind="qu
 alerts = st.container()
 try:
     sel = sidebar.render()
+    layer.warm(sel)
     x = sidebar.model_input(sel)
     if view == "Models":
         models.render(sel)

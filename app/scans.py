@@ -28,6 +28,11 @@ TILE_PX = 45  # Figure 2 tiles are upscaled to about this many pixels, whatever 
 MAX_FIGURE_PX = 2400  # a wider figure (a torchvision model's large receptive fields) is shrunk to this width
 
 
+def disk_key(stamp: str, source: str, split: str, layer: str, limit: int) -> dict[str, object]:
+    """What identifies a saved scan: the checkpoint's contents, the data, split, layer, image count and k."""
+    return {"checkpoint": stamp, "data": source, "split": split, "layer": layer, "limit": limit, "top_k": SCAN_TOP_K}
+
+
 def scan_path(key: dict[str, object]) -> Path:
     """Where the scan identified by ``key`` lives on disk."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]

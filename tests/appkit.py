@@ -58,6 +58,7 @@ def point_app(assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[
     monkeypatch.setenv("ALLCONV_CHECKPOINT_DIR", str(assets["ckpts"]))
     monkeypatch.setenv("ALLCONV_SCAN_LIMIT", "20")
     monkeypatch.setenv("ALLCONV_CACHE", str(assets["root"] / "cache"))
+    monkeypatch.setenv("ALLCONV_PRECOMPUTE", "0")  # no background scans unless a test asks (test_app_precompute)
     return assets
 
 

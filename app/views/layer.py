@@ -13,7 +13,7 @@ import torch
 import vis
 from allconv.errors import AllconvError
 
-from .. import cache, compute, config, tiles
+from .. import cache, compute, config, precompute, tiles
 from ..sidebar import Selection
 
 PER_PAGE = 8  # filters per figure
@@ -54,6 +54,18 @@ def render(sel: Selection) -> None:
                "a tile to open its image in the Image view at that filter. Move the Filter slider to page through "
                f"filters; the figure shows it and the next {PER_PAGE - 1}. Scan size: {len(images)} images "
                f"(ALLCONV_SCAN_LIMIT; at most {config.LARGE_SCAN_LIMIT} at a torchvision model's input).")
+
+
+def warm(sel: Selection) -> None:
+    """Start the background scans of the selected net's layers over the server's test split (``app.precompute``):
+    our 32x32 nets only (a torchvision model's scan is 49x the work per image)."""
+    if sel.net is None or sel.net.torchvision or sel.data is None or sel.source != config.data_source():
+        return
+    try:
+        limit = config.scan_limit()
+    except AllconvError:
+        return  # the Layer view says what is wrong with it
+    precompute.start(sel.stamp, sel.source, "test", sel.net, sel.data.x_test[:limit], cache.layers(sel.stamp, sel.net))
 
 
 def _images(sel: Selection, limit: int) -> torch.Tensor:

@@ -1,0 +1,111 @@
+"""Figure 2 scans of the checkpoint a visitor opens, computed once in the background (one pass at a time, our 32x32
+nets over the server's dataset), so the Layer view of any of its layers is a disk read by the time a visitor gets
+there.
+
+One pass over the default dataset's test split serves every layer (``vis.scan.scan_layers``; bf16 with fp32
+rescoring where native, so the picks are fp32's), and each layer's scan is saved where ``app.scans`` looks first.
+The pass runs on a copy of the model: a copy has its own lock, so visitors' requests on the shared model never wait
+for it. A Layer view that needs a scan still in progress shows this pass's progress bar and waits for it instead of
+starting its own. ``ALLCONV_PRECOMPUTE=0`` turns it off (one-off servers, tests).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from vis import figure2
+from vis.scan import scan_layers
+from vis.sources import Source
+
+from . import scans
+from .config import SCAN_TOP_K
+
+POLL_S = 0.25
+_LOCK = threading.Lock()
+_JOBS: dict[tuple[str, str, str, int], Job] = {}
+
+
+@dataclass
+class Job:
+    """One background pass: the layers it scans, its progress, and when it ended (``error`` if it failed)."""
+
+    layers: list[str]
+    done: int = 0
+    total: int = 1
+    error: str = ""
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Block until the pass ends, reporting its progress meanwhile."""
+        while not self.ended.wait(POLL_S):
+            if progress is not None:
+                progress(self.done, self.total)
+
+
+def enabled() -> bool:
+    return os.environ.get("ALLCONV_PRECOMPUTE", "1").strip() not in ("0", "false", "no", "off")
+
+
+def start(stamp: str, source: str, split: str, net: Source, images: torch.Tensor, layers: list[str]) -> Job | None:
+    """Scan ``layers`` of ``net`` over ``images`` in a background thread, once per (checkpoint, data, split, count);
+    None when every scan is on disk already (or precomputing is off)."""
+    key = (stamp, source, split, len(images))
+    with _LOCK:
+        if not enabled() or key in _JOBS:
+            return _JOBS.get(key)
+        if any(not j.ended.is_set() for j in _JOBS.values()):
+            return None  # one pass at a time: a later rerun starts this one
+        missing = [name for name in layers if not scans.scan_path(scans.disk_key(stamp, source, split, name,
+                                                                                 len(images))).is_file()]
+        if not missing or len(images) == 0:
+            return None
+        job = _JOBS[key] = Job(missing)
+    model = copy.deepcopy(net.model)
+    threading.Thread(target=_run, args=(job, key, model, net, images), name="allconv-precompute", daemon=True).start()
+    return job
+
+
+def running(stamp: str, source: str, split: str, layer: str, count: int) -> Job | None:
+    """The background pass that is scanning ``layer`` for this checkpoint and data, if one is still running."""
+    with _LOCK:
+        job = _JOBS.get((stamp, source, split, count))
+    return job if job is not None and layer in job.layers and not job.ended.is_set() else None
+
+
+def _yield_cpu() -> None:
+    """Run this thread at the lowest priority, so visitors' requests go first; the worker threads torch starts for it
+    inherit the priority (each thread that starts parallel work gets its own team)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError):
+        pass  # not Linux, or not allowed: the pass still runs
+
+
+def _run(job: Job, key: tuple[str, str, str, int], model: torch.nn.Module, net: Source, images: torch.Tensor) -> None:
+    stamp, source, split, count = key
+
+    def progress(done: int, total: int) -> None:
+        job.done, job.total = done, total
+
+    _yield_cpu()
+    t0 = time.perf_counter()
+    try:
+        found = scan_layers(model, images, net.preprocess, layers=job.layers, top_k=min(SCAN_TOP_K, count),
+                            batch_size=scans.CHUNK, progress=progress, split=split)
+        for name, s in found.items():
+            figure2.save_scan(s, scans.scan_path(scans.disk_key(stamp, source, split, name, count)))
+        logging.getLogger("allconv.app").info("precomputed Figure 2 scans of %d layers over %d images in %.1f s",
+                                              len(found), count, time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 - a failed pass leaves each layer to its own scan
+        job.error = f"{type(e).__name__}: {e}"
+        logging.getLogger("allconv.app").exception("precomputing Figure 2 scans failed")
+    finally:
+        job.ended.set()
