@@ -29,6 +29,7 @@ from . import scans
 from .config import SCAN_TOP_K
 
 POLL_S = 0.25
+BATCH = 100  # images per batch: the pass holds every layer's maps of a batch at once (500 peaked at ~3 GB)
 _LOCK = threading.Lock()
 _JOBS: dict[tuple[str, str, str, int], Job] = {}
 
@@ -99,7 +100,7 @@ def _run(job: Job, key: tuple[str, str, str, int], model: torch.nn.Module, net: 
     t0 = time.perf_counter()
     try:
         found = scan_layers(model, images, net.preprocess, layers=job.layers, top_k=min(SCAN_TOP_K, count),
-                            batch_size=scans.CHUNK, progress=progress, split=split)
+                            batch_size=BATCH, progress=progress, split=split)
         for name, s in found.items():
             figure2.save_scan(s, scans.scan_path(scans.disk_key(stamp, source, split, name, count)))
         logging.getLogger("allconv.app").info("precomputed Figure 2 scans of %d layers over %d images in %.1f s",
