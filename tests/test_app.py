@@ -202,7 +202,8 @@ def test_filters_view(env: dict[str, Path], layer: str, caption: str) -> None:
 def test_models_view_table3_and_curves(env: dict[str, Path]) -> None:
     at = ok(run({"view": "Models"}))
     df = at.dataframe[0].value
-    assert df.shape == (12, 3) and df.set_index("model").loc["all-cnn-c", "our error %"] == pytest.approx(58.0)
+    assert df.shape == (12, 4) and df.set_index("model").loc["all-cnn-c", "our error %"] == pytest.approx(58.0)
+    assert df.set_index("model").loc["all-cnn-c", "our epochs"] == 0  # the tiny checkpoint records no epochs
     assert df.set_index("model").loc["all-cnn-c", "paper error %"] == 9.08
     assert [s.value for s in at.subheader] == ["Table 3: CIFAR-10 test error without augmentation",
                                                "Training curves"]

@@ -28,19 +28,23 @@ def _metas(stamps: tuple[str, ...]) -> list[tuple[str, dict, list[dict]]]:
             meta, _ = load_meta(path)
         except AllconvError:
             continue
-        out.append((sources.label(path), {"model": meta.model, **meta.metrics}, list(meta.history)))
+        out.append((sources.label(path), {"model": meta.model, **meta.metrics, "epochs": meta.epoch},
+                    list(meta.history)))
     return out
 
 
 def table(metas: list[tuple[str, dict, list[dict]]]) -> pd.DataFrame:
-    """One row per paper net: the paper's test error and ours (the best checkpoint of that net, if any)."""
-    ours: dict[str, float] = {}
+    """One row per paper net: the paper's test error and ours (the best checkpoint of that net, if any), with the
+    epochs that checkpoint trained (nets trained longer are not like for like)."""
+    ours: dict[str, tuple[float, int | None]] = {}
     for _, m, _ in metas:
         if m.get("test_acc") is not None:
             err = round(100 * (1 - float(m["test_acc"])), 2)
-            ours[m["model"]] = min(err, ours.get(m["model"], err))
+            if m["model"] not in ours or err < ours[m["model"]][0]:
+                ours[m["model"]] = (err, m.get("epochs"))
     return pd.DataFrame({"model": names(), "paper error %": [TABLE3_ERROR[n] for n in names()],
-                         "our error %": [ours.get(n) for n in names()]})
+                         "our error %": [ours.get(n, (None, None))[0] for n in names()],
+                         "our epochs": [ours.get(n, (None, None))[1] for n in names()]})
 
 
 def render(sel: Selection) -> None:
@@ -54,8 +58,9 @@ def render(sel: Selection) -> None:
     st.subheader("Table 3: CIFAR-10 test error without augmentation")
     df = table(metas)
     st.dataframe(df, hide_index=True, height=ROW_PX * (len(df) + 1) + 3, placeholder="not measured",
-                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.columns[1:]})
-    st.bar_chart(df.set_index("model"), stack=False, sort=False, y_label="test error %")
+                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.columns[1:3]})
+    st.bar_chart(df.set_index("model")[["paper error %", "our error %"]], stack=False, sort=False,
+                 y_label="test error %")
     if not any(h for _, _, h in metas):
         st.info(sources.TRAIN_HINT)
         return
