@@ -51,13 +51,20 @@ class Job:
                 progress(self.done, self.total)
 
 
+def _ended() -> threading.Event:
+    done = threading.Event()
+    done.set()
+    return done
+
+
 def enabled() -> bool:
     return os.environ.get("ALLCONV_PRECOMPUTE", "1").strip() not in ("0", "false", "no", "off")
 
 
 def start(stamp: str, source: str, split: str, net: Source, images: torch.Tensor, layers: list[str]) -> Job | None:
-    """Scan ``layers`` of ``net`` over ``images`` in a background thread, once per (checkpoint, data, split, count);
-    None when every scan is on disk already (or precomputing is off)."""
+    """Scan ``layers`` of ``net`` over ``images`` in a background thread, once per (checkpoint, data, split, count),
+    and return that pass (ended or not); None when precomputing is off, another pass is running, or every scan was
+    on disk already (remembered, so later calls return an ended, empty pass without looking at the disk)."""
     key = (stamp, source, split, len(images))
     with _LOCK:
         if not enabled() or key in _JOBS:
@@ -66,7 +73,8 @@ def start(stamp: str, source: str, split: str, net: Source, images: torch.Tensor
             return None  # one pass at a time: a later rerun starts this one
         missing = [name for name in layers if not scans.scan_path(scans.disk_key(stamp, source, split, name,
                                                                                  len(images))).is_file()]
-        if not missing or len(images) == 0:
+        if not missing or len(images) == 0:  # remembered as done, so later reruns skip the disk checks
+            _JOBS[key] = Job([], ended=_ended())
             return None
         job = _JOBS[key] = Job(missing)
     model = copy.deepcopy(net.model)

@@ -33,7 +33,6 @@ class Selection:
     once at the top of the page)."""
 
     stamp: str = ""
-    model: nn.Module | None = None
     net: Source | None = None  # the model with its preprocessing, classes and input size
     source: str = ""
     data: Splits | None = None
@@ -44,6 +43,11 @@ class Selection:
     method: str = "guided"
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # not errors: e.g. how to get a first checkpoint
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The net's model (None until a checkpoint loads)."""
+        return self.net.model if self.net is not None else None
 
 
 def _clamp(key: str, options: list, default: object) -> None:
@@ -73,7 +77,6 @@ def checkpoint_input(sel: Selection) -> None:
     try:
         sel.stamp = zoo.stamp(text) if zoo.is_label(text) else sources.stamp(sources.resolve(text, choices))
         sel.net = cache.model(sel.stamp)
-        sel.model = sel.net.model
         sel.notes += sel.net.notes
     except AllconvError as e:
         sel.stamp = ""
@@ -186,5 +189,3 @@ def model_input(sel: Selection) -> torch.Tensor | None:
     except AllconvError as e:
         sel.errors.append(str(e))
         return None
-
-

@@ -74,3 +74,16 @@ def test_off_switch_and_one_pass_at_a_time(warm: dict[str, Path], monkeypatch: p
     assert job is not None
     job.wait()
     assert not job.error and precompute.start("a", "", "test", net, images, ["conv1"]) is job
+
+
+def test_scans_already_on_disk_are_remembered(warm: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    ok(run())
+    _job(warm).wait()
+    monkeypatch.setattr(precompute, "_JOBS", {})  # a restarted server: the scans are on disk
+    looked: list[dict] = []
+    real = scans.scan_path
+    monkeypatch.setattr(scans, "scan_path", lambda key: looked.append(key) or real(key))
+    ok(run())
+    assert len(looked) == 9 and _job(warm).ended.is_set() and _job(warm).layers == []
+    ok(run())
+    assert len(looked) == 9  # the second page did not look at the disk again
