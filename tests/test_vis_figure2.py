@@ -109,11 +109,16 @@ def test_scan_layers_shares_one_pass_and_top_k_caps_at_n(net, images, pre) -> No
 
 # --- reconstructions -----------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("cone", [True, False], ids=["cone", "window"])
 @pytest.mark.parametrize("pool,layer,window", [(False, "conv3", 8), (False, "conv6", 24), (False, "conv7", 32),
                                                (True, "conv4", 12), (True, "pool2", 24)])
 def test_windowed_reconstruction_equals_full_image_at_every_position(images, pre, pool: bool, layer: str,
-                                                                     window: int) -> None:
+                                                                     window: int, cone: bool, monkeypatch) -> None:
+    """Both fast paths: the window alone (any net), and the cone within it (chain nets, ``vis.cone``)."""
     model = _mini(pool)
+    if not cone:
+        monkeypatch.setattr(figure2, "chain", lambda *a: None)
+    assert (figure2.chain(model, layer) is not None) == cone
     s = _all_positions(model, images[:8], pre, layer)
     assert figure2._window_size(s) == (window, window)  # the fast path is really taken where it can be
     x, k, f, size = pre(images[:8]), s.top_k, 5, s.rf_size

@@ -11,8 +11,9 @@ channels are the class scores) rows are named by class and patches captioned wit
 Speed: a unit depends only on the pixels of its RF, so each pick is reconstructed on a window of its (preprocessed)
 image that holds its RF, with the window's origin a multiple of the layer's total stride (so every stride/pool samples
 the same positions as on the full image) and flush with the image border wherever the RF crosses it (so padding is
-read exactly where the full image reads it) -- exact, and for ``conv6`` of All-CNN-C a 24x24 window instead of 32x32.
-Tests check it equals ``vis.reconstruct_at`` on the full image at every position.
+read exactly where the full image reads it) -- exact, and for ``conv6`` of All-CNN-C a 24x24 window instead of 32x32. On a chain net (the paper's 12) each layer
+then computes only the pick's cone (``vis.cone``): a fifth of the window's work at conv6. Tests check both equal
+``vis.reconstruct_at`` on the full image at every position.
 
 Border picks: the part of an RF outside the image is gray in patches and zero in signals, so all tiles have the full
 RF size and align. An RF at least as long as the image along a side (ResNet-50's layer4 on 224 px) is cut to the
@@ -37,6 +38,7 @@ from allconv.preprocess import Preprocess
 from . import render
 from .layout import TITLES, compose, tile_scale
 from .modes import METHODS, check_method
+from .cone import chain, cone_signals, cut
 from .reconstruct import reconstruct_methods_at
 from .scan import FORMAT, Scan, _check_uint8, _device, load_scan, save_scan, scan, scan_layers
 
@@ -55,7 +57,8 @@ def reconstructions(model: nn.Module, images: torch.Tensor, preprocess: Preproce
     """Each pick's signal per method, cut to its RF (zero outside the image): method -> (F, k, 3, S, S), CPU float32.
 
     ``images`` are the uint8 images the scan indexed. ``crop`` (default) runs each pick on the smallest stride-aligned
-    window holding its RF instead of the whole image: the same numbers, less work.
+    window holding its RF instead of the whole image, and on a chain net only on the pick's cone (``vis.cone``): the
+    same numbers, less work.
     """
     methods = [check_method(m) for m in methods]
     _check_uint8(images)
@@ -67,11 +70,17 @@ def reconstructions(model: nn.Module, images: torch.Tensor, preprocess: Preproce
     x = _windows(images, picks["image"], origin, win, preprocess.to(dev), dev)
     pos = picks["positions"] - origin // torch.tensor(scan.rf_stride)
     t0 = time.perf_counter()
-    sigs = reconstruct_methods_at(model, x, methods=methods, layer=scan.layer, channels=picks["channel"],
-                                  positions=pos, batch_size=batch_size)
+    steps = chain(model, scan.layer) if crop else None
+    corner = torch.zeros_like(origin)  # where each signal starts in its window: the window's corner, or its cone's
+    if steps is None:
+        sigs = reconstruct_methods_at(model, x, methods=methods, layer=scan.layer, channels=picks["channel"],
+                                      positions=pos, batch_size=batch_size)
+    else:
+        sigs, corner = cone_signals(model, steps, x, methods=methods, layer=scan.layer, channels=picks["channel"],
+                                    positions=pos, batch_size=batch_size)
     out: dict[str, torch.Tensor] = {}
     for m, sig in sigs.items():
-        tiles = _crop(sig.float().cpu(), _tile_start(scan, picks["rf_start"]) - origin, _tile(scan), 0.0)
+        tiles = cut(sig.float().cpu(), _tile_start(scan, picks["rf_start"]) - origin - corner.cpu(), _tile(scan), 0.0)
         out[m] = tiles.view(len(rows), scan.top_k, *tiles.shape[1:])
     scan.seconds["/".join(methods)] = round(time.perf_counter() - t0, 3)  # one forward serves them all
     return out
@@ -82,7 +91,7 @@ def patches(images: torch.Tensor, scan: Scan, filters: Sequence[int] | None = No
     _check_uint8(images)
     rows = _filter_rows(scan, filters)
     picks = _picks(scan, rows)
-    tiles = _crop(images[picks["image"]].cpu(), _tile_start(scan, picks["rf_start"]), _tile(scan), PATCH_FILL)
+    tiles = cut(images[picks["image"]].cpu(), _tile_start(scan, picks["rf_start"]), _tile(scan), PATCH_FILL)
     return tiles.view(len(rows), scan.top_k, *tiles.shape[1:])
 
 
@@ -112,22 +121,8 @@ def _windows(images: torch.Tensor, index: torch.Tensor, origin: torch.Tensor, wi
     for s in range(0, len(index), CHUNK):
         uniq, inv = torch.unique(index[s:s + CHUNK], return_inverse=True)
         x = pre(images[uniq].to(dev))[inv.to(dev)]
-        parts.append(_crop(x, origin[s:s + CHUNK].to(dev), win, 0.0))
+        parts.append(cut(x, origin[s:s + CHUNK].to(dev), win, 0.0))
     return torch.cat(parts)
-
-
-def _crop(src: torch.Tensor, corner: torch.Tensor, size: Sequence[int], fill: float) -> torch.Tensor:
-    """Row i of ``src`` (P, C, H, W) cut at ``corner[i]`` = (top, left) to ``size``; outside ``src``: ``fill``."""
-    h, w = int(size[0]), int(size[1])
-    pad = max(h, w)
-    padded = F.pad(src, (pad, pad, pad, pad), value=fill)
-    dev = src.device
-    corner = corner.to(dev) + pad
-    rows = (corner[:, 0, None] + torch.arange(h, device=dev))[:, None, :, None]
-    cols = (corner[:, 1, None] + torch.arange(w, device=dev))[:, None, None, :]
-    n = torch.arange(len(src), device=dev)[:, None, None, None]
-    c = torch.arange(src.shape[1], device=dev)[None, :, None, None]
-    return padded[n, c, rows, cols]
 
 
 def _tile(scan: Scan) -> tuple[int, int]:

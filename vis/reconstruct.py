@@ -8,7 +8,7 @@ memory -- never a Python loop of backward passes.
 from __future__ import annotations
 
 import numbers
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import nn
@@ -127,19 +127,21 @@ def _reconstruct_rows(model: nn.Module, images: torch.Tensor, index: torch.Tenso
             e = s + batch_size
             pos = positions[s:e] if torch.is_tensor(positions) else positions
             x = images[index[s:e].to(images.device)]
-            for m, grad in _one_pass(model, x, channels[s:e], pos, methods, layer).items():
+            for m, grad in one_pass(model, x, channels[s:e], pos, methods, layer).items():
                 out[m][s:e] = grad
     return out
 
 
-def _one_pass(model: nn.Module, x: torch.Tensor, channels: torch.Tensor, positions: str | None | torch.Tensor,
-              methods: list[str], layer: str | None) -> dict[str, torch.Tensor]:
-    """One forward (under one method's mode, or a shared one for several), then one backward per method."""
+def one_pass(model: nn.Module, x: torch.Tensor, channels: torch.Tensor, positions: str | None | torch.Tensor,
+             methods: list[str], layer: str | None,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One forward (under one method's mode, or a shared one for several), then one backward per method.
+    ``forward`` (default: ``forward_to(model, x, layer)``) computes the map the targets are picked from."""
     x = x.detach().requires_grad_(True)
     mode = backward_mode(methods[0]) if len(methods) == 1 else shared_backward(tuple(methods))
     out: dict[str, torch.Tensor] = {}
     with torch.enable_grad(), mode as switch:
-        fmap = forward_to(model, x, layer)
+        fmap = forward_to(model, x, layer) if forward is None else forward(x)
         if not fmap.requires_grad:
             return {m: torch.zeros_like(x) for m in methods}
         check_graph(fmap, next((m for m in methods if m != "backprop"), "backprop"))
