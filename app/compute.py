@@ -138,9 +138,9 @@ def filter_detail(model: nn.Module, x: torch.Tensor, image: torch.Tensor, layer:
     pos = (flat // w, flat % w)
     top, left, bottom, right = (int(v) for v in receptive_field(model, layer, input_size=tuple(x.shape[-2:])).box(*pos))
     patch = image[:, top:bottom, left:right]
-    signals = {m: vis.reconstruct(model, x, method=m, layer=layer, channel=channel, position=pos)[0]
-               for m in vis.METHODS}
-    recons = {m: render.to_pil(render.to_image(s[:, top:bottom, left:right])) for m, s in signals.items()}
+    signals = vis.reconstruct_methods_at(model, x, methods=vis.METHODS, layer=layer, channels=[channel],
+                                         positions=torch.tensor([pos]))  # one forward serves the three
+    recons = {m: render.to_pil(render.to_image(s[0, :, top:bottom, left:right])) for m, s in signals.items()}
     return Detail(recons={m: enlarge(r) for m, r in recons.items()},
                   activation=layout.activation_panel(fmap[None], (h, w), max(1, BIG // max(h, w))),
                   patch=uint8_image(patch),

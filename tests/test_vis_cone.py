@@ -4,6 +4,7 @@ it cannot crop exactly are declined (``chain`` is None), so callers take the ful
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -111,3 +112,20 @@ def test_chain_stops_at_the_layer() -> None:
     assert len(chain(net, "conv1")) == 3  # conv, bn, relu
     assert len(chain(net, "conv1.conv")) == 1
     assert chain(net, None) is None
+
+
+@pytest.mark.parametrize("position", ["max", (1, 2)])
+def test_reconstruct_takes_the_cone_on_chain_nets(position, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``vis.reconstruct`` of single units on a chain net goes through the cone, with the full path's numbers (and
+    "max" picks the same unit)."""
+    rec = sys.modules["vis.reconstruct"]  # (the package re-exports a function of the same name)
+
+    net, x = _mini(True), torch.randn(2, 3, 16, 16)
+    calls = []
+    monkeypatch.setattr(rec, "reconstruct_cone", lambda *a, **k: calls.append(1) or reconstruct_cone(*a, **k))
+    got = rec.reconstruct(net, x, method="deconvnet", layer="conv5", channel=[0, 3, 7], position=position)
+    assert calls
+    monkeypatch.setattr(rec, "chain", lambda *a: None)
+    want = rec.reconstruct(net, x, method="deconvnet", layer="conv5", channel=[0, 3, 7], position=position)
+    assert want.abs().amax() > 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))

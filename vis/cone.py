@@ -21,11 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allconv.errors import AllconvError
-
 from .guard import check_model
 from .maps import model_scope, resolve_layer
-from .reconstruct import one_pass
+from .backward import check_positions, one_pass
 
 POINTWISE = (nn.ReLU, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
 Span = tuple[int, int]  # [start, stop) along one axis, in a map's own units
@@ -218,7 +216,7 @@ def cone_signals(model: nn.Module, steps: Sequence[Step], images: torch.Tensor, 
     sizes = map_sizes(steps, (images.shape[-2], images.shape[-1]))
     positions = positions.reshape(-1, 2).to(images.device)
     channels = channels.reshape(-1).cpu()
-    _check_positions(positions, sizes[-1], layer)
+    check_positions(positions, sizes[-1], layer)
     (r0, r1), (c0, c1) = spans[0]
     corner = positions * torch.tensor(moves[0], device=positions.device) + torch.tensor([r0, c0],
                                                                                        device=positions.device)
@@ -235,13 +233,6 @@ def cone_signals(model: nn.Module, steps: Sequence[Step], images: torch.Tensor, 
             for m in methods:
                 out[m][rows] = got[m]
     return out, corner
-
-
-def _check_positions(positions: torch.Tensor, size: tuple[int, int], layer: str) -> None:
-    bad = ((positions < 0) | (positions >= torch.tensor(size, device=positions.device))).any(dim=1)
-    if bad.any():
-        h, w = positions[int(bad.nonzero()[0])].tolist()
-        raise AllconvError(f"position ({h}, {w}) out of range for layer {layer!r} with a {size[0]}x{size[1]} map")
 
 
 def _padded_rows(spans: list[tuple[Span, Span]], moves: list[tuple[int, int]], sizes: list[tuple[int, int]],

@@ -2,22 +2,25 @@
 
 One forward to the layer (stopping there) and one backward with a one-hot selection gradient per target, batched:
 many targets (channels, or (image, channel, h, w) picks for Figure 2) run as rows of one batch, chunked to bound
-memory -- never a Python loop of backward passes.
+memory -- never a Python loop of backward passes. A single unit (a position, or "max") of a chain net (the paper's
+12) is computed on its cone alone (``vis.cone``): the same numbers for a fraction of the work.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import nn
 
 from allconv.errors import AllconvError
 
-from .guard import check_graph, check_model
+from .backward import one_pass, unit_positions
+from .cone import Step, chain, reconstruct_cone
+from .guard import check_model
 from .maps import check_images, forward_to, model_scope
-from .modes import backward_mode, check_method, shared_backward
+from .modes import check_method
 
 Position = Union[str, None, Sequence[int], torch.Tensor]
 BATCH = 256  # rows per forward/backward pass
@@ -121,72 +124,29 @@ def _reconstruct_rows(model: nn.Module, images: torch.Tensor, index: torch.Tenso
         raise AllconvError(f"batch_size must be >= 1, got {batch_size}")
     strict = next((m for m in methods if m != "backprop"), "backprop")
     check_model(model, strict)
+    steps = None if positions is None else chain(model, layer)
     out = {m: images.new_empty((len(index), *images.shape[1:])) for m in methods}
     with model_scope(model):
         for s in range(0, len(index), batch_size):
             e = s + batch_size
             pos = positions[s:e] if torch.is_tensor(positions) else positions
             x = images[index[s:e].to(images.device)]
-            for m, grad in one_pass(model, x, channels[s:e], pos, methods, layer).items():
+            if steps is None:
+                got = one_pass(model, x, channels[s:e], pos, methods, layer)
+            else:
+                got = _on_cone(model, steps, x, channels[s:e], pos, methods, layer)  # type: ignore[arg-type]
+            for m, grad in got.items():
                 out[m][s:e] = grad
     return out
 
 
-def one_pass(model: nn.Module, x: torch.Tensor, channels: torch.Tensor, positions: str | None | torch.Tensor,
-             methods: list[str], layer: str | None,
-             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """One forward (under one method's mode, or a shared one for several), then one backward per method.
-    ``forward`` (default: ``forward_to(model, x, layer)``) computes the map the targets are picked from."""
-    x = x.detach().requires_grad_(True)
-    mode = backward_mode(methods[0]) if len(methods) == 1 else shared_backward(tuple(methods))
-    out: dict[str, torch.Tensor] = {}
-    with torch.enable_grad(), mode as switch:
-        fmap = forward_to(model, x, layer) if forward is None else forward(x)
-        if not fmap.requires_grad:
-            return {m: torch.zeros_like(x) for m in methods}
-        check_graph(fmap, next((m for m in methods if m != "backprop"), "backprop"))
-        seed = _selection(fmap, channels, positions, layer)
-        for i, m in enumerate(methods):
-            if switch is not None:
-                switch.use(m)
-            (grad,) = torch.autograd.grad(fmap, x, grad_outputs=seed, allow_unused=True,
-                                          retain_graph=i < len(methods) - 1)
-            out[m] = torch.zeros_like(x) if grad is None else grad.detach()
-    return out
-
-
-def _selection(fmap: torch.Tensor, channels: torch.Tensor, positions: str | None | torch.Tensor,
-               layer: str | None) -> torch.Tensor:
-    """The backward seed: a one-hot (or one-map, for position None) gradient per row."""
-    where = "the model's output" if layer is None else f"layer {layer!r}"
-    if fmap.ndim not in (2, 4):
-        raise AllconvError(f"{where} has shape {tuple(fmap.shape)}; only (N, C) or (N, C, H, W) outputs are supported")
-    n, c = fmap.shape[:2]
-    bad = channels[(channels < 0) | (channels >= c)]
-    if len(bad):
-        raise AllconvError(f"channel {int(bad[0])} out of range for {where} with {c} channels; use 0..{c - 1}")
-    rows = torch.arange(n, device=fmap.device)
-    ch = channels.to(fmap.device)
-    seed = torch.zeros_like(fmap)
-    if fmap.ndim == 2:
-        if torch.is_tensor(positions):
-            raise AllconvError(f"{where} has shape {tuple(fmap.shape)}, with no (h, w) positions to pick; pass "
-                               "position='max' or None (both mean the unit itself)")
-        seed[rows, ch] = 1
-        return seed
-    h, w = fmap.shape[2:]
-    if positions is None:
-        seed[rows, ch] = 1
-        return seed
-    if isinstance(positions, str):  # "max": each row's strongest response of its channel
-        flat = fmap.detach()[rows, ch].reshape(n, -1).argmax(dim=1)
-        ph, pw = flat // w, flat % w
-    else:
-        ph, pw = positions[:, 0].to(fmap.device), positions[:, 1].to(fmap.device)
-        out = (ph < 0) | (ph >= h) | (pw < 0) | (pw >= w)
-        if out.any():
-            i = int(out.nonzero()[0])
-            raise AllconvError(f"position ({int(ph[i])}, {int(pw[i])}) out of range for {where} with a {h}x{w} map; "
-                               f"use h in 0..{h - 1}, w in 0..{w - 1}")
-    seed[rows, ch, ph, pw] = 1
-    return seed
+def _on_cone(model: nn.Module, steps: list[Step], x: torch.Tensor, channels: torch.Tensor,
+             positions: str | torch.Tensor, methods: list[str], layer: str) -> dict[str, torch.Tensor]:
+    """One chunk of single-unit targets on a chain net: each on its cone (``vis.cone``), "max" found first by a
+    forward without gradients."""
+    if isinstance(positions, str):
+        with torch.no_grad():
+            fmap = forward_to(model, x, layer)
+        positions = unit_positions(fmap, channels, positions, layer)
+    return reconstruct_cone(model, steps, x, methods=methods, layer=layer, channels=channels, positions=positions,
+                            batch_size=len(x))
