@@ -84,12 +84,14 @@ def checkpoint_input(sel: Selection) -> None:
 
 
 def data_input(sel: Selection) -> None:
-    """The dataset to browse (``$ALLCONV_DATA`` by default, shown by name only: its path stays on the server) and its
-    split."""
-    default = data_source()
-    typed = st.sidebar.text_input("Dataset", key="data", bind=Q,
-                                  placeholder=f"the server's dataset ({_name(default)})" if default else "CIFAR-10",
-                                  help="empty = the server's dataset; or cifar10, cifar100, or an .npz file, image "
+    """The dataset to browse and its split. Default: ``$ALLCONV_DATA`` (shown by name only: its path stays on the
+    server), else the named dataset the net was trained on (CIFAR-100 for a CIFAR-100 net), else CIFAR-10."""
+    server = data_source()
+    own = sel.net.data if sel.net is not None and sel.net.data != "cifar10" else None
+    default = server or own or ""
+    hint = f"the server's dataset ({_name(server)})" if server else f"the net's dataset ({own})" if own else "CIFAR-10"
+    typed = st.sidebar.text_input("Dataset", key="data", bind=Q, placeholder=hint,
+                                  help="empty = the server's dataset, else the net's own (CIFAR-100 for a CIFAR-100 net); or cifar10, cifar100, or an .npz file, image "
                                        "folder or archive under a data folder the server offers").strip()
     sel.source = typed or default
     sel.split = st.sidebar.segmented_control("Split", ["test", "train"], default="test", key="split", bind=Q,

@@ -303,3 +303,29 @@ def test_memory_trim_returns_free_pages_on_glibc() -> None:
     from app import memory
 
     assert memory.trim() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_a_cifar100_net_browses_cifar100_by_default(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A net trained on CIFAR-100 (its metadata says so) opens on CIFAR-100's images with its 100 class names, unless
+    the server names a dataset; a CIFAR-10 net keeps CIFAR-10."""
+    from allconv.checkpoint import Meta, save
+    from allconv.preprocess import Preprocess
+
+    root = env["root"]
+    rng = np.random.default_rng(1)
+    names = [f"fine{i}" for i in range(100)]
+    np.savez(root / "c100.npz", x_train=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(100), x_test=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
+             y_test=np.arange(100)[::-1].copy(), label_names=np.array(names))
+    pre = Preprocess.fit("standardize", torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    save(env["ckpts"] / "c100.safetensors", create("all-cnn-c", num_classes=100),
+         Meta(model="all-cnn-c", num_classes=100, classes=names, preprocess=pre, config={"data": "cifar100"}))
+    monkeypatch.setenv("ALLCONV_CIFAR100", str(root / "c100.npz"))
+    monkeypatch.delenv("ALLCONV_DATA")
+    label = next(o for o in run().sidebar.selectbox(key="checkpoint").options if o.endswith("c100.safetensors"))
+    at = ok(run({"checkpoint": label}))
+    assert at.sidebar.text_input(key="data").placeholder == "the net's dataset (cifar100)"
+    assert at.sidebar.selectbox(key="cls").options == ["all", *names]
+    assert captions(at)[0] == "c100 test #0 (fine99)"  # (the file's name)
+    assert set(at.dataframe[0].value["class"]) <= set(names)
+    assert ok(run()).sidebar.text_input(key="data").placeholder == "CIFAR-10"  # the tiny CIFAR-10 net

@@ -111,6 +111,25 @@ def test_default_checkpoint_data_and_out(assets, tmp_path: Path, monkeypatch, ca
     assert (tmp_path / "out" / "vis" / "all-cnn-c" / "figure2-conv6.png").is_file()
 
 
+def test_a_cifar100_net_scans_cifar100_by_default(assets, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Without --data, a net trained on CIFAR-100 scans CIFAR-100 (its metadata names it), with its class names."""
+    rng = np.random.default_rng(2)
+    names = [f"fine{i}" for i in range(100)]
+    np.savez(tmp_path / "c100.npz", x_train=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(100), x_test=rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+             y_test=np.array([5, 6, 7, 8, 9, 10]), label_names=np.array(names))
+    pre = Preprocess.fit("standardize", torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    ck = tmp_path / "c100.safetensors"
+    save(ck, create("all-cnn-c", num_classes=100), Meta(model="all-cnn-c", num_classes=100, classes=names,
+                                                         preprocess=pre, config={"data": "cifar100"}))
+    monkeypatch.setenv("ALLCONV_CIFAR100", str(tmp_path / "c100.npz"))
+    monkeypatch.setenv("ALLCONV_DATA_ROOT", str(tmp_path / "no-torchvision-here"))
+    assert main(["--checkpoint", str(ck), "--layer", "conv9", "--filters", "5", "--top-k", "2", "--out",
+                 str(tmp_path / "out"), "--quiet"]) == 0
+    s = figure2.load_scan(tmp_path / "out" / "figure2-conv9.npz")
+    assert s.data == "c100" and s.num_images == 6
+
+
 def test_newest_run_when_nothing_is_shipped(assets, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(checkpoint, "SHIPPED_DIR", tmp_path / "none")
     monkeypatch.chdir(tmp_path)

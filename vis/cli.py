@@ -62,8 +62,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "for torchvision's; prints what was done)")
     ap.add_argument("--filter-maps", action="store_true", help="write the layer's filter weights as a PNG; alone it "
                     "draws only those (add --image, or a scan option such as --limit, for more)")
-    ap.add_argument("--data", help="dataset: cifar10, an .npz, an image folder or archive (default: CIFAR-10 from "
-                    "torchvision's folder, else the offline copy); with --model torchvision:NAME, a folder (or "
+    ap.add_argument("--data", help="dataset: cifar10, cifar100, an .npz, an image folder or archive (default: the "
+                    "one the checkpoint was trained on if named, else CIFAR-10; torchvision's folder, else the "
+                    "offline copy); with --model torchvision:NAME, a folder (or "
                     ".zip/.tar) of pictures, any layout")
     ap.add_argument("--download", action="store_true", default=None,
                     help="let torchvision download CIFAR-10 if it is missing")
@@ -186,7 +187,7 @@ def _figure_mode(src: Source, args: argparse.Namespace, filters: dict[str, list[
                  out: Path, device: torch.device) -> list[str]:
     """One scan over the split for every layer, then per layer: reconstructions, figure PNG and arrays."""
     t0 = time.perf_counter()
-    images, labels, data, split, lines = _pictures(src, args, out) if src.torchvision else _dataset(args, src.classes)
+    images, labels, data, split, lines = _pictures(src, args, out) if src.torchvision else _dataset(args, src)
     model, pre = src.model, src.preprocess
     scans = scan_layers(model, images, pre, layers=list(filters), top_k=args.top_k, batch_size=args.batch_size,
                         device=device, progress=not args.quiet, split=split, data=data, amp=args.amp)
@@ -209,12 +210,13 @@ def _figure_mode(src: Source, args: argparse.Namespace, filters: dict[str, list[
     return lines
 
 
-def _dataset(args: argparse.Namespace, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor | None, str, str,
-                                                                   list[str]]:
-    """The split's images, their labels (None unless the dataset's classes are the model's), the dataset's name."""
+def _dataset(args: argparse.Namespace, src: Source) -> tuple[torch.Tensor, torch.Tensor | None, str, str, list[str]]:
+    """The split's images, their labels (None unless the dataset's classes are the model's), the dataset's name.
+    Default: the dataset the net was trained on (CIFAR-100 for a CIFAR-100 net), else CIFAR-10."""
     from allconv import data
 
-    splits = data.load(args.data, download=args.download)
+    classes = src.classes
+    splits = data.load(args.data or src.data, download=args.download)
     images, labels = (splits.x_test, splits.y_test) if args.split == "test" else (splits.x_train, splits.y_train)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from allconv.data import NAMED
 from allconv.errors import AllconvError
 from allconv.preprocess import Preprocess
 
@@ -46,6 +47,7 @@ class Source:
     torchvision: bool = False
     notes: list[str] = field(default_factory=list)
     display: str = ""  # the net's name in figure titles, e.g. "ck (all-cnn-c)"
+    data: str | None = None  # the named dataset it was trained on (cifar10, cifar100), the default to scan and browse
 
 
 def open_source(model: str | None, checkpoint: str | None, weights: str | None, device: torch.device) -> Source:
@@ -77,7 +79,9 @@ def checkpoint_source(given: str | None, device: torch.device) -> Source:
         classes = [f"class {i}" for i in range(meta.num_classes)]
     stem = _stem(path)
     who = stem if stem == meta.model else f"{stem} ({meta.model})"
-    return Source(model, meta.preprocess, classes, stem, f"checkpoint: {path} ({meta.model}, {device})", display=who)
+    trained_on = meta.config.get("data")
+    return Source(model, meta.preprocess, classes, stem, f"checkpoint: {path} ({meta.model}, {device})", display=who,
+                  data=trained_on if trained_on in NAMED else None)
 
 
 def checkpoint_path(given: str | None) -> Path:
