@@ -44,7 +44,8 @@ from mutants import Mutant, mutants  # noqa: E402  (bench/ is not a package)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("allconv/preprocess.py", "allconv/checkpoint.py", "allconv/models.py", "allconv/train.py",
-           "allconv/config.py::lr_at", "allconv/data.py", "vis/modes.py", "vis/reconstruct.py", "vis/receptive.py",
+           "allconv/config.py::lr_at", "allconv/data.py", "vis/modes.py", "vis/reconstruct.py", "vis/backward.py",
+           "vis/cone.py", "vis/receptive.py",
            "vis/figure2.py", "vis/scan.py", "app/sidebar.py", "app/config.py", "app/main.py", "app/allow.py")
 EXCLUDED_TESTS = {"tests/test_app_browser.py"}  # needs Chromium
 SCRIPT_TESTS = {"AppTest.from_file": "app.main"}  # text in a test file -> the script it runs in-process

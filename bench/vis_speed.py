@@ -2,7 +2,8 @@
 
 (a) All 192 conv6 filters of one image (guided backprop): ours (``vis.reconstruct(..., channel=range(192))``, one
     batched call) vs captum's ``NeuronGuidedBackprop`` in a loop over the filters (each at its argmax position, like
-    ours) vs the floor: one plain batched forward+backward of 192 copies of the image. Also checks ours == captum.
+    ours) vs a plain batched forward+backward of 192 copies of the whole image, and the FLOP floor of our work (the
+    192 units' cones at this CPU's fp32 peak). Also checks ours == captum.
 (b) Figure 2 end to end (scan + reconstructions + render + save) for conv6 and conv9 over the CIFAR-10 test split,
     all three methods, top-10, all filters of each layer. Both layers share one scan pass.
 
@@ -31,7 +32,7 @@ import vis
 from allconv import checkpoint, data
 from allconv.models import create
 from allconv.preprocess import Preprocess
-from vis import figure2 as f2
+from vis import cone, figure2 as f2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402
@@ -92,10 +93,14 @@ def bench_a(model: nn.Module, x: torch.Tensor, repeat: int, n: int = 192) -> Non
     t_captum, theirs = timed(lambda: captum_loop(captum_model, x, layer, n), max(1, repeat // 2))
     diff = (ours - theirs).abs().max().item()  # type: ignore[operator]
     scale = theirs.abs().max().item()  # type: ignore[union-attr]
+    peak = flops.peak_flops(torch.float32, device=x.device) if x.device.type == "cpu" else None
+    t_flops = n * 2 * _cone_flops(model, layer) / peak if peak else float("nan")
     print(f"\n(a) guided backprop, all {n} {layer} filters of one 32x32 image ({_where(x)})")
-    print("| variant | seconds | vs floor |")
+    print("| variant | seconds | vs plain pass |")
     print("|---|---|---|")
-    for name, t in ((f"floor: one plain fwd+bwd of {n} copies", t_floor), ("ours: vis.reconstruct, one call", t_ours),
+    for name, t in ((f"FLOP floor: {n} cones' forward + input gradient at the fp32 peak", t_flops),
+                    (f"plain pass: one fwd+bwd of {n} copies of the whole image", t_floor),
+                    ("ours: vis.reconstruct, one call (on each unit's cone)", t_ours),
                     (f"captum NeuronGuidedBackprop, loop of {n}", t_captum)):
         print(f"| {name} | {t:.3f} | {t / t_floor:.2f}x |")
     print(f"ours vs captum: max abs diff {diff:.3g} (max |signal| {scale:.3g})")
@@ -144,11 +149,23 @@ def bench_b(model: nn.Module, images: torch.Tensor, pre: Preprocess, layers: lis
                                                                     "(a large matmul)" if peak else ""))
 
 
+def _cone_flops(model: nn.Module, layer: str) -> int:
+    """Forward FLOPs of one unit's cone (``vis.cone``) in ``layer``."""
+    steps = cone.chain(model, layer)
+    spans = cone.plan(steps)
+    (r0, r1), (c0, c1) = spans[0]
+    return flops.forward_flops(lambda x: cone.forward_cone(steps, x, [None] * (len(spans) - 1)), (3, r1 - r0, c1 - c0))
+
+
 def _recon_floor(model: nn.Module, s: vis.Scan, peak: float) -> float:
-    """Seconds at ``peak`` for the picks' work: one forward to the layer on each pick's window, and one input
-    gradient per method (a conv's input gradient costs what its forward does)."""
-    win = f2._window_size(s)
-    fwd = flops.forward_flops(lambda x: vis.maps.forward_to(model, x, s.layer), (3, *win))
+    """Seconds at ``peak`` for the picks' work: one forward to the layer on each pick's cone (``vis.cone``; on a net
+    that is not a chain, its window), and one input gradient per method (a conv's input gradient costs what its
+    forward does)."""
+    if cone.chain(model, s.layer) is None:
+        win = f2._window_size(s)
+        fwd = flops.forward_flops(lambda x: vis.maps.forward_to(model, x, s.layer), (3, *win))
+    else:
+        fwd = _cone_flops(model, s.layer)
     return s.num_filters * s.top_k * fwd * (1 + len(vis.METHODS)) / peak
 
 

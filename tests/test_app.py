@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -207,7 +208,18 @@ def test_models_view_table3_and_curves(env: dict[str, Path]) -> None:
     assert df.set_index("model").loc["all-cnn-c", "paper error %"] == 9.08
     assert [s.value for s in at.subheader] == ["Table 3: CIFAR-10 test error without augmentation",
                                                "Training curves"]
-    assert any("all-cnn-c" in m.value for m in at.markdown)
+    assert any("all-cnn-c** on cifar10" in m.value for m in at.markdown)
+
+
+def test_table3_counts_only_cifar10_nets() -> None:
+    """A CIFAR-100 net's error is not a Table 3 (CIFAR-10) figure, however low."""
+    from app.views.models import table
+
+    metas = [("a", {"model": "all-cnn-c", "test_acc": 0.9, "epochs": 10, "data": "cifar10"}, []),
+             ("b", {"model": "all-cnn-c", "test_acc": 0.95, "epochs": 10, "data": "cifar100"}, []),
+             ("c", {"model": "model-a", "test_acc": 0.99, "epochs": 10, "data": "cifar100"}, [])]
+    df = table(metas).set_index("model")
+    assert df.loc["all-cnn-c", "our error %"] == pytest.approx(10.0) and pd.isna(df.loc["model-a", "our error %"])
 
 
 def test_sanity_view(env: dict[str, Path]) -> None:

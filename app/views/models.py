@@ -28,17 +28,17 @@ def _metas(stamps: tuple[str, ...]) -> list[tuple[str, dict, list[dict]]]:
             meta, _ = load_meta(path)
         except AllconvError:
             continue
-        out.append((sources.label(path), {"model": meta.model, **meta.metrics, "epochs": meta.epoch},
-                    list(meta.history)))
+        out.append((sources.label(path), {"model": meta.model, **meta.metrics, "epochs": meta.epoch,
+                                          "data": meta.config.get("data") or "cifar10"}, list(meta.history)))
     return out
 
 
 def table(metas: list[tuple[str, dict, list[dict]]]) -> pd.DataFrame:
-    """One row per paper net: the paper's test error and ours (the best checkpoint of that net, if any), with the
-    epochs that checkpoint trained (nets trained longer are not like for like)."""
+    """One row per paper net: the paper's test error and ours (the best CIFAR-10 checkpoint of that net, if any),
+    with the epochs that checkpoint trained (nets trained longer are not like for like)."""
     ours: dict[str, tuple[float, int | None]] = {}
     for _, m, _ in metas:
-        if m.get("test_acc") is not None:
+        if m.get("test_acc") is not None and m.get("data", "cifar10") == "cifar10":
             err = round(100 * (1 - float(m["test_acc"])), 2)
             if m["model"] not in ours or err < ours[m["model"]][0]:
                 ours[m["model"]] = (err, m.get("epochs"))
@@ -69,7 +69,7 @@ def render(sel: Selection) -> None:
         if not history:
             continue
         h = pd.DataFrame(history).set_index("epoch")
-        st.markdown(f"**{m['model']}** ({label})")
+        st.markdown(f"**{m['model']}** on {m['data']} ({label})")
         acc = [c for c in ("train_acc", "val_acc", "test_acc") if c in h and h[c].notna().any()]
         left, right = st.columns(2)
         if acc:
