@@ -12,7 +12,7 @@ Speed: a unit depends only on the pixels of its RF, so each pick is reconstructe
 image that holds its RF, with the window's origin a multiple of the layer's total stride (so every stride/pool samples
 the same positions as on the full image) and flush with the image border wherever the RF crosses it (so padding is
 read exactly where the full image reads it) -- exact, and for ``conv6`` of All-CNN-C a 24x24 window instead of 32x32. On a chain net (the paper's 12) each layer
-then computes only the pick's cone (``vis.cone``): a fifth of the window's work at conv6. Tests check both equal
+then computes only the pick's cone (``vis.cone``): a fifth of the window's multiply-adds at conv6. Tests check both equal
 ``vis.reconstruct_at`` on the full image at every position.
 
 Border picks: the part of an RF outside the image is gray in patches and zero in signals, so all tiles have the full
