@@ -91,8 +91,9 @@ def data_input(sel: Selection) -> None:
     default = server or own or ""
     hint = f"the server's dataset ({_name(server)})" if server else f"the net's dataset ({own})" if own else "CIFAR-10"
     typed = st.sidebar.text_input("Dataset", key="data", bind=Q, placeholder=hint,
-                                  help="empty = the server's dataset, else the net's own (CIFAR-100 for a CIFAR-100 net); or cifar10, cifar100, or an .npz file, image "
-                                       "folder or archive under a data folder the server offers").strip()
+                                  help="empty = the server's dataset, else the net's own (CIFAR-100 for a CIFAR-100 "
+                                       "net); or cifar10, cifar100, or an .npz file, image folder or archive under a "
+                                       "data folder the server offers").strip()
     sel.source = typed or default
     sel.split = st.sidebar.segmented_control("Split", ["test", "train"], default="test", key="split", bind=Q,
                                              required=True) or "test"

@@ -70,7 +70,8 @@ def test_cone_is_a_fraction_of_the_full_work() -> None:
     steps = chain(net, "conv6")
     convs = [s for s in steps if not isinstance(s, nn.Module)]
     sizes = map_sizes(steps, (24, 24))
-    cone = sum(op.module.weight.numel() * (r1 - r0) * (c1 - c0) for op, ((r0, r1), (c0, c1)) in zip(convs, plan(steps)[1:]))
+    cone = sum(op.module.weight.numel() * (r1 - r0) * (c1 - c0)
+               for op, ((r0, r1), (c0, c1)) in zip(convs, plan(steps)[1:]))
     full = sum(op.module.weight.numel() * h * w for op, (h, w) in zip(convs, sizes[1:]))
     assert 4 * cone < full
 

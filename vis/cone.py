@@ -7,9 +7,9 @@ computed alone. Every cone has one shape (the unit at (h, w) reads the boxes of 
 times each map's jump), so each conv or pool runs with padding 0 on its box, and where a box reaches past its map
 the values there are set to the padding the full net reads (zeros; -inf for max pooling). Every unit of the cone then
 holds its full-net value, so ReLU masks, max-pool switches and gradients are the full net's, and the work is the
-cone's: for conv6 of All-CNN-C, 31 M multiply-adds instead of 257 M on the whole image (145 M on the 24x24 window of the field), with
-rows of any positions in one batch. A net that is not such a chain gets ``None`` from ``chain``; callers then take
-the full-image path.
+cone's: for conv6 of All-CNN-C, 31 M multiply-adds instead of 257 M on the whole image (145 M on the 24x24 window of
+the field), with rows of any positions in one batch. A net that is not such a chain gets ``None`` from ``chain``;
+callers then take the full-image path.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ channels are the class scores) rows are named by class and patches captioned wit
 Speed: a unit depends only on the pixels of its RF, so each pick is reconstructed on a window of its (preprocessed)
 image that holds its RF, with the window's origin a multiple of the layer's total stride (so every stride/pool samples
 the same positions as on the full image) and flush with the image border wherever the RF crosses it (so padding is
-read exactly where the full image reads it) -- exact, and for ``conv6`` of All-CNN-C a 24x24 window instead of 32x32. On a chain net (the paper's 12) each layer
-then computes only the pick's cone (``vis.cone``): a fifth of the window's multiply-adds at conv6. Tests check both equal
-``vis.reconstruct_at`` on the full image at every position.
+read exactly where the full image reads it) -- exact, and for ``conv6`` of All-CNN-C a 24x24 window instead of 32x32.
+On a chain net (the paper's 12) each layer then computes only the pick's cone (``vis.cone``): a fifth of the window's
+multiply-adds at conv6. Tests check both equal ``vis.reconstruct_at`` on the full image at every position.
 
 Border picks: the part of an RF outside the image is gray in patches and zero in signals, so all tiles have the full
 RF size and align. An RF at least as long as the image along a side (ResNet-50's layer4 on 224 px) is cut to the
