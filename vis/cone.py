@@ -63,7 +63,8 @@ Step = nn.Module | _Op
 
 
 def chain(model: nn.Module, layer: str | None) -> list[Step] | None:
-    """The steps the model's forward runs up to ``layer``'s output, if it is such a chain; else ``None``."""
+    """The steps the model's forward runs up to ``layer``'s output, if it is such a chain; else ``None``. Ask under
+    the model's lock (``vis.model_scope``): another thread's ``forward_to`` hooks the model for as long as it runs."""
     if layer is None or not _plain(model) or torch.nn.modules.module._global_forward_hooks \
             or torch.nn.modules.module._global_forward_pre_hooks:
         return None

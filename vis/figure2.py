@@ -39,6 +39,7 @@ from . import render
 from .layout import TITLES, compose, tile_scale
 from .modes import METHODS, check_method
 from .cone import chain, cone_signals, cut
+from .maps import model_scope
 from .reconstruct import reconstruct_methods_at
 from .scan import FORMAT, Scan, _check_uint8, _device, load_scan, save_scan, scan, scan_layers
 
@@ -70,14 +71,15 @@ def reconstructions(model: nn.Module, images: torch.Tensor, preprocess: Preproce
     x = _windows(images, picks["image"], origin, win, preprocess.to(dev), dev)
     pos = picks["positions"] - origin // torch.tensor(scan.rf_stride)
     t0 = time.perf_counter()
-    steps = chain(model, scan.layer) if crop else None
     corner = torch.zeros_like(origin)  # where each signal starts in its window: the window's corner, or its cone's
-    if steps is None:
-        sigs = reconstruct_methods_at(model, x, methods=methods, layer=scan.layer, channels=picks["channel"],
-                                      positions=pos, batch_size=batch_size)
-    else:
-        sigs, corner = cone_signals(model, steps, x, methods=methods, layer=scan.layer, channels=picks["channel"],
-                                    positions=pos, batch_size=batch_size)
+    with model_scope(model):  # (under the lock: another thread's forward_to hook would hide the chain)
+        steps = chain(model, scan.layer) if crop else None
+        if steps is None:
+            sigs = reconstruct_methods_at(model, x, methods=methods, layer=scan.layer, channels=picks["channel"],
+                                          positions=pos, batch_size=batch_size)
+        else:
+            sigs, corner = cone_signals(model, steps, x, methods=methods, layer=scan.layer,
+                                        channels=picks["channel"], positions=pos, batch_size=batch_size)
     out: dict[str, torch.Tensor] = {}
     for m, sig in sigs.items():
         tiles = cut(sig.float().cpu(), _tile_start(scan, picks["rf_start"]) - origin - corner.cpu(), _tile(scan), 0.0)

@@ -16,7 +16,7 @@ from torch import nn
 
 from allconv.errors import AllconvError
 
-from .backward import one_pass, unit_positions
+from .backward import check_channels, one_pass, unit_positions
 from .cone import Step, chain, reconstruct_cone
 from .guard import check_model
 from .maps import check_images, forward_to, model_scope
@@ -124,29 +124,31 @@ def _reconstruct_rows(model: nn.Module, images: torch.Tensor, index: torch.Tenso
         raise AllconvError(f"batch_size must be >= 1, got {batch_size}")
     strict = next((m for m in methods if m != "backprop"), "backprop")
     check_model(model, strict)
-    steps = None if positions is None else chain(model, layer)
     out = {m: images.new_empty((len(index), *images.shape[1:])) for m in methods}
-    with model_scope(model):
+    with model_scope(model):  # (under the lock: another thread's forward_to hook would hide the chain)
+        steps = None if positions is None else chain(model, layer)
         for s in range(0, len(index), batch_size):
             e = s + batch_size
             pos = positions[s:e] if torch.is_tensor(positions) else positions
-            x = images[index[s:e].to(images.device)]
             if steps is None:
-                got = one_pass(model, x, channels[s:e], pos, methods, layer)
+                got = one_pass(model, images[index[s:e].to(images.device)], channels[s:e], pos, methods, layer)
             else:
-                got = _on_cone(model, steps, x, channels[s:e], pos, methods, layer)  # type: ignore[arg-type]
+                got = _on_cone(model, steps, images, index[s:e], channels[s:e], pos, methods, layer)  # type: ignore
             for m, grad in got.items():
                 out[m][s:e] = grad
     return out
 
 
-def _on_cone(model: nn.Module, steps: list[Step], x: torch.Tensor, channels: torch.Tensor,
+def _on_cone(model: nn.Module, steps: list[Step], images: torch.Tensor, index: torch.Tensor, channels: torch.Tensor,
              positions: str | torch.Tensor, methods: list[str], layer: str) -> dict[str, torch.Tensor]:
-    """One chunk of single-unit targets on a chain net: each on its cone (``vis.cone``), "max" found first by a
-    forward without gradients."""
+    """One chunk of single-unit targets (row r: image ``index[r]``) on a chain net, each on its cone (``vis.cone``);
+    "max" is found first by a forward without gradients of each distinct image once (a grid's rows share one)."""
+    index = index.to(images.device)
     if isinstance(positions, str):
+        uniq, inv = torch.unique(index, return_inverse=True)
         with torch.no_grad():
-            fmap = forward_to(model, x, layer)
-        positions = unit_positions(fmap, channels, positions, layer)
-    return reconstruct_cone(model, steps, x, methods=methods, layer=layer, channels=channels, positions=positions,
-                            batch_size=len(x))
+            fmap = forward_to(model, images[uniq], layer)
+        check_channels(channels, fmap.shape[1], layer)
+        positions = unit_positions(fmap[inv], channels, positions, layer)  # type: ignore[arg-type]
+    return reconstruct_cone(model, steps, images[index], methods=methods, layer=layer, channels=channels,
+                            positions=positions, batch_size=len(index))
