@@ -76,9 +76,9 @@ def check_channels(channels: torch.Tensor, c: int, layer: str | None) -> None:
 def unit_positions(fmap: torch.Tensor, channels: torch.Tensor, positions: str | torch.Tensor,
                    layer: str | None) -> torch.Tensor:
     """Each row's target (h, w) in the (N, C, H, W) ``fmap``, on its device: "max" = its channel's strongest unit
-    (the first, in row-major order, of equal ones), else the given (N, 2) positions, checked."""
-    n, c, h, w = fmap.shape
-    check_channels(channels, c, layer)
+    (the first, in row-major order, of equal ones), else the given (N, 2) positions, checked. ``channels`` must be
+    checked already (``check_channels``)."""
+    n, _, h, w = fmap.shape
     if isinstance(positions, str):
         flat = fmap.detach()[torch.arange(n, device=fmap.device), channels.to(fmap.device)].reshape(n, -1).argmax(1)
         return torch.stack([flat // w, flat % w], dim=1)

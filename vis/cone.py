@@ -83,7 +83,7 @@ class _NotChain(Exception):
 
 def _plain(m: nn.Module) -> bool:
     """A Sequential whose forward is Sequential's, or a leaf; no hooks either way."""
-    hooks = m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None)
+    hooks = m._forward_hooks or m._forward_pre_hooks
     return not hooks and (type(m).forward is nn.Sequential.forward if isinstance(m, nn.Sequential) else True)
 
 
@@ -104,14 +104,18 @@ def _step(m: nn.Module) -> Step:
         return m
     pair = nn.modules.utils._pair
     if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
-        d, k = pair(m.dilation), pair(m.kernel_size)
-        return _Op(m, (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1), pair(m.stride), pair(m.padding))
+        return _Op(m, _extent(m.kernel_size, m.dilation), pair(m.stride), pair(m.padding))
     if isinstance(m, nn.MaxPool2d) and not m.ceil_mode and not m.return_indices:
-        d, k = pair(m.dilation), pair(m.kernel_size)
-        return _Op(m, (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1), pair(m.stride or m.kernel_size), pair(m.padding))
+        return _Op(m, _extent(m.kernel_size, m.dilation), pair(m.stride or m.kernel_size), pair(m.padding))
     if isinstance(m, nn.AvgPool2d) and not m.ceil_mode and m.count_include_pad and m.divisor_override is None:
-        return _Op(m, pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding))
+        return _Op(m, _extent(m.kernel_size, 1), pair(m.stride or m.kernel_size), pair(m.padding))
     raise _NotChain
+
+
+def _extent(kernel: int | tuple[int, int], dilation: int | tuple[int, int]) -> tuple[int, int]:
+    """Per axis, the input units one output reads end to end: dilation * (kernel - 1) + 1."""
+    k, d = nn.modules.utils._pair(kernel), nn.modules.utils._pair(dilation)
+    return d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1
 
 
 def plan(steps: Sequence[Step]) -> list[tuple[Span, Span]]:

@@ -37,9 +37,9 @@ from allconv.preprocess import Preprocess
 
 from . import render
 from .layout import TITLES, compose, tile_scale
-from .modes import METHODS, check_method
 from .cone import chain, cone_signals, cut
 from .maps import model_scope
+from .modes import METHODS, check_method
 from .reconstruct import reconstruct_methods_at
 from .scan import FORMAT, Scan, _check_uint8, _device, load_scan, save_scan, scan, scan_layers
 
