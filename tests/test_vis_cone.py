@@ -94,14 +94,21 @@ def _hooked() -> nn.Module:
     return net
 
 
+def _backward_hooked() -> nn.Module:
+    net = _mini(False)
+    net.conv2[0].register_full_backward_hook(lambda m, gi, go: (gi[0] * 2,))
+    return net
+
+
 @pytest.mark.parametrize("make", [
     lambda: _Wrapped(OrderedDict((k, v) for k, v in _mini(False).named_children())),
     _hooked,
+    _backward_hooked,
     lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU()),
     lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(), nn.ReLU()),
     lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU()),
     lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2), nn.ReLU()),
-], ids=["own-forward", "hooked", "ceil-mode", "reflect-pad", "batch-stats-bn", "upsample"])
+], ids=["own-forward", "hooked", "backward-hooked", "ceil-mode", "reflect-pad", "batch-stats-bn", "upsample"])
 def test_chain_declines_what_it_cannot_crop_exactly(make) -> None:
     net = make()
     layer = "conv6" if isinstance(net, AllConvNet) else "2"

@@ -65,8 +65,9 @@ Step = nn.Module | _Op
 def chain(model: nn.Module, layer: str | None) -> list[Step] | None:
     """The steps the model's forward runs up to ``layer``'s output, if it is such a chain; else ``None``. Ask under
     the model's lock (``vis.model_scope``): another thread's ``forward_to`` hooks the model for as long as it runs."""
-    if layer is None or not _plain(model) or torch.nn.modules.module._global_forward_hooks \
-            or torch.nn.modules.module._global_forward_pre_hooks:
+    g = torch.nn.modules.module
+    if layer is None or not _plain(model) or g._global_forward_hooks or g._global_forward_pre_hooks \
+            or g._global_backward_hooks or g._global_backward_pre_hooks:
         return None
     target = resolve_layer(model, layer)
     steps: list[Step] = []
@@ -82,8 +83,9 @@ class _NotChain(Exception):
 
 
 def _plain(m: nn.Module) -> bool:
-    """A Sequential whose forward is Sequential's, or a leaf; no hooks either way."""
-    hooks = m._forward_hooks or m._forward_pre_hooks
+    """A Sequential whose forward is Sequential's, or a leaf; no hooks either way (the cone calls convs and pools
+    functionally, so a module's forward or backward hooks would not run)."""
+    hooks = m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
     return not hooks and (type(m).forward is nn.Sequential.forward if isinstance(m, nn.Sequential) else True)
 
 
