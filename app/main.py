@@ -15,6 +15,7 @@ from app.config import VIEWS
 from app.views import filters, image, layer, models, sanity
 
 st.set_page_config(page_title="allconv: guided backprop explorer", page_icon=":mag:", layout="wide")
+memory.map_large_blocks()  # before the first big tensor: scans and grids then give their memory back as they free it
 
 view = st.segmented_control("View", VIEWS, default="Image", key="view", bind="query-params", required=True,
                             label_visibility="collapsed") or "Image"

@@ -1,9 +1,12 @@
-"""Hand freed memory back to the system after each script run.
+"""Hand freed memory back to the system: large blocks as soon as they are freed, the rest after each script run.
 
-A rerun allocates and frees hundreds of MB (a reconstruction grid, a Figure 2 scan batch). glibc keeps freed blocks
-in per-thread arenas, and Streamlit runs every session's script in its own thread, so without this the server's
-resident memory only grows (to 1-2 GB over a session) although the caches hold far less. ``malloc_trim(0)`` returns
-the free pages of every arena; it takes a few ms. Elsewhere than glibc it does nothing.
+A rerun allocates and frees hundreds of MB (a reconstruction grid, a Figure 2 scan batch). glibc serves a block of
+over 128 KB with its own mmap, but raises that threshold after each such free (up to 32 MB), so feature maps then
+come from the heap, where a long pass's small results, kept between batches, pin the freed space: the background
+Figure 2 pass over 10,000 images grew the server to 3.5 GB, and it stayed there. ``map_large_blocks`` fixes the
+threshold at 1 MB, so big tensors never enter the heap. glibc also keeps freed blocks in per-thread arenas, and
+Streamlit runs every session's script in its own thread; ``trim`` (``malloc_trim(0)``) returns the free pages of
+every arena after a rerun, in a few ms. Elsewhere than glibc both do nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from functools import lru_cache
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
+LARGE = 1 << 20  # bytes: blocks this big get their own mmap
 
 
 @lru_cache(maxsize=1)
@@ -27,3 +34,11 @@ def trim() -> bool:
     """Release free heap pages to the system; True where that was done (glibc)."""
     libc = _libc()
     return bool(libc and libc.malloc_trim(0) is not None)
+
+
+@lru_cache(maxsize=1)
+def map_large_blocks() -> bool:
+    """Serve every allocation of ``LARGE`` bytes or more with its own mmap, returned to the system when freed, for
+    the rest of the process; True where that was done (glibc). Once per process."""
+    libc = _libc()
+    return bool(libc and hasattr(libc, "mallopt") and libc.mallopt(M_MMAP_THRESHOLD, LARGE) == 1)

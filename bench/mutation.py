@@ -8,14 +8,19 @@ f-strings, annotations, ``__all__``, imports, ``raise`` statements, message call
 ``if __name__``/``TYPE_CHECKING`` blocks, assert messages and lines marked ``# pragma: no mutate``.
 
 The repository is never written: its working tree (``git ls-files -co --exclude-standard``) is copied to a temp dir,
-one copy per job, and mutants are written there. A mutant runs only the test files that import its module (directly,
-or through a re-export: ``from vis import METHODS``, a module's ``__all__``; a test driving app/main.py through
-AppTest counts as importing what the script imports), fastest file first, ``pytest -x``, in a child forked from this
-process once it has imported torch, numpy, pytest and streamlit (``--no-fork``: a fresh interpreter per run). Killed:
-a test fails, or the run times out (counted apart). The unmutated tests run first, per file and timed; if one fails,
-nothing else runs. Default timeout per mutant: 3x the baseline time of its tests + 30 s.
+one copy per job, and mutants are written there. A mutant's tests are those of the test files that reach its module
+through any chain of imports (a test driving app/main.py through AppTest reaches what the script imports), narrowed to
+the tests that execute the mutated line (``covermap.py``: the baseline runs under coverage with per-test contexts); a
+line run only at import, in a fixture or by no test in-process keeps the whole files. ``pytest -x``, fastest file
+first, in a child forked from this process once it has imported torch, numpy, pytest and streamlit (``--no-fork``: a
+fresh interpreter per run). Killed: a test fails or collection breaks, or the run times out (counted apart); pytest's
+usage and no-test errors are reported, not counted as kills. A narrowed kill whose failing tests also fail alone on
+the unmutated code is redone on the whole files. The unmutated tests run first, per file, timed and covered; if one
+fails, nothing else runs. Default timeout per mutant: 3x the baseline time of its test files + 30 s. ``--state DIR``
+(outside the repository) keeps the baseline and every result as it ends, so the same command resumes a stopped run.
 
     OMP_NUM_THREADS=1 nice -n 15 python bench/mutation.py --modules allconv/preprocess.py --max-mutants 20
+    OMP_NUM_THREADS=1 python bench/mutation.py --jobs 2 --state /tmp/mutation   # every module; rerun to resume
     python bench/mutation.py --list                                 # the mutants and test files; runs nothing
     python bench/mutation.py --modules allconv/train.py::resume,Run._restore   # only these functions/methods
     python bench/mutation.py --jobs 2 --timeout 600 --tests tests/test_models.py --kinds compare,number
@@ -38,9 +43,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mutants import Mutant, mutants  # noqa: E402  (bench/ is not a package)
+from covermap import LineTests, failed_nodes, run_pytest  # noqa: E402  (bench/ is not a package)
+from journal import Journal, Result, fingerprint, key  # noqa: E402
+from mutants import Mutant, mutants  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("allconv/preprocess.py", "allconv/checkpoint.py", "allconv/models.py", "allconv/train.py",
@@ -94,6 +102,15 @@ class Imports:
                  for c in ast.walk(n.value) if isinstance(c, ast.Constant)]
         return {mod} | {self.origin(mod, n) for n in names}
 
+    def closure(self, tree: ast.AST, here: str = "") -> set[str]:
+        """Every library module ``tree`` reaches, directly or through the modules it imports."""
+        out, todo = set(), self.reached(tree, here)
+        while todo:
+            mod = todo.pop()
+            out.add(mod)
+            todo |= self.reached(self.tree(mod), mod) - out
+        return out
+
     def reached(self, tree: ast.AST, here: str = "") -> set[str]:
         out = set()
         for node in ast.walk(tree):
@@ -107,14 +124,14 @@ class Imports:
 
 
 def test_map(root: Path) -> dict[str, set[str]]:
-    """Test file -> the library modules it reaches."""
+    """Test file -> the library modules it reaches (through any chain of imports)."""
     imports, out = Imports(root), {}
     for f in sorted((root / "tests").glob("test_*.py")):
         rel, text = f.relative_to(root).as_posix(), f.read_text(encoding="utf-8")
         if rel not in EXCLUDED_TESTS:
-            out[rel] = imports.reached(ast.parse(text))
+            out[rel] = imports.closure(ast.parse(text))
             for script in (s for marker, s in SCRIPT_TESTS.items() if marker in text):
-                out[rel] |= {script} | imports.reached(imports.tree(script), script)
+                out[rel] |= {script} | imports.closure(imports.tree(script), script)
     return out
 
 
@@ -130,8 +147,9 @@ def snapshot(root: Path, dest: Path) -> None:
         (dest.parent / "shared").symlink_to(root.parent / "shared")
 
 
-def _child(copy: Path, cmd: list[str], log: Path) -> None:
-    """In the forked child: pytest on ``copy``'s packages, output to ``log``; exit 98 if one came from elsewhere."""
+def _child(copy: Path, cmd: list[str], log: Path, cov: Path | None) -> None:
+    """In the forked child: pytest on ``copy``'s packages (under coverage if ``cov``), output to ``log``; exit 98 if
+    one came from elsewhere."""
     code = 99
     try:
         os.setpgid(0, 0)
@@ -139,8 +157,7 @@ def _child(copy: Path, cmd: list[str], log: Path) -> None:
         os.dup2(fd, 1), os.dup2(fd, 2)
         os.chdir(copy)
         sys.path.insert(0, str(copy))
-        import pytest
-        code = pytest.main(cmd)
+        code = run_pytest(copy, cmd, cov, LIBRARY)
         stray = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in LIBRARY
                  and getattr(m, "__file__", None) and not m.__file__.startswith(f"{copy}/")]
         if stray:
@@ -154,21 +171,22 @@ def _child(copy: Path, cmd: list[str], log: Path) -> None:
 class Pytest:
     """One pytest run on a copy, in a forked child or a fresh interpreter, in its own process group."""
 
-    def __init__(self, copy: Path, tests: list[str], log: Path, fork: bool) -> None:
+    def __init__(self, copy: Path, tests: list[str], log: Path, fork: bool, cov: Path | None = None) -> None:
         cmd = ["-x", "-q", "-p", "no:cacheprovider", f"--basetemp={copy.with_suffix('.tmp')}", *tests]
         self.proc = None
         if fork:
             self.pid = os.fork()
             if self.pid == 0:
-                _child(copy, cmd, log)
+                _child(copy, cmd, log, cov)
             try:
                 os.setpgid(self.pid, self.pid)
             except OSError:
                 pass
             return
-        launch = "import sys; sys.path.insert(0, sys.argv[1]); import pytest; sys.exit(pytest.main(sys.argv[2:]))"
+        launch = [sys.executable, str(copy / "bench" / "covermap.py"), str(copy), str(cov or "-"), ",".join(LIBRARY),
+                  "--"]
         with open(log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-c", launch, str(copy), *cmd], cwd=copy, stdout=out,
+            self.proc = subprocess.Popen([*launch, *cmd], cwd=copy, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True,
                                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
         self.pid = self.proc.pid
@@ -193,15 +211,24 @@ class Pytest:
 
 @dataclass
 class Task:
-    mutant: Mutant | None  # None: the baseline
+    mutant: Mutant | None  # None: unmutated (the baseline, or a check that a killing test passes alone)
     tests: list[str]
     limit: float
+    cov: Path | None = None  # record per-test coverage here
 
 
-def run(tasks: list[Task], copies: list[Path], fork: bool) -> list[tuple[str, float]]:
-    """Run the tasks, one per copy at a time: (passed|failed|timeout, seconds) for each. Copies are restored."""
+def outcome(code: int | None) -> str:
+    """pytest's exit code as a result: 1 (a test failed) and 2 (collection broke) kill; 3-5 and 98 are errors
+    (internal, usage, no test collected, the library imported from outside the copy), not kills."""
+    return "timeout" if code is None else {0: "passed", 1: "failed", 2: "failed"}.get(code, f"error {code}")
+
+
+def run(tasks: list[Task], copies: list[Path], fork: bool,
+        on_done: Callable[[int, Result], None] | None = None) -> list[Result]:
+    """Run the tasks, one per copy at a time, calling ``on_done(i, result)`` as each ends; task i's log is
+    logs/i.log. Copies are restored."""
     originals = {t.mutant.path: (copies[0] / t.mutant.path).read_text(encoding="utf-8") for t in tasks if t.mutant}
-    results, free, running, queue = [("", 0.0)] * len(tasks), list(copies), {}, list(enumerate(tasks))
+    results, free, running, queue = [Result("", 0.0)] * len(tasks), list(copies), {}, list(enumerate(tasks))
 
     def write(copy: Path, m: Mutant | None, mutated: bool) -> None:
         if m:
@@ -212,7 +239,8 @@ def run(tasks: list[Task], copies: list[Path], fork: bool) -> list[tuple[str, fl
             while queue and free:
                 copy, (i, task) = free.pop(), queue.pop(0)
                 write(copy, task.mutant, True)
-                running[copy] = (Pytest(copy, task.tests, copy.parent / "logs" / f"{i}.log", fork), i, time.monotonic())
+                log = copy.parent / "logs" / f"{i}.log"
+                running[copy] = (Pytest(copy, task.tests, log, fork, task.cov), i, time.monotonic())
             for copy, (proc, i, t0) in list(running.items()):
                 code, secs = proc.poll(), time.monotonic() - t0
                 if code is None and secs < tasks[i].limit:
@@ -221,10 +249,13 @@ def run(tasks: list[Task], copies: list[Path], fork: bool) -> list[tuple[str, fl
                 write(copy, tasks[i].mutant, False)
                 del running[copy]
                 free.append(copy)
-                results[i] = ("timeout" if code is None else "passed" if code == 0 else "failed", secs)
+                log = copy.parent / "logs" / f"{i}.log"
+                results[i] = Result(outcome(code), secs, sorted(failed_nodes(log.read_text(errors="replace"))))
+                if on_done:
+                    on_done(i, results[i])
                 label = tasks[i].mutant or " ".join(tasks[i].tests)
-                done = sum(bool(r[0]) for r in results)
-                print(f"[{done}/{len(tasks)}] {label}: {results[i][0]} ({secs:.1f}s)", file=sys.stderr, flush=True)
+                done = sum(bool(r.out) for r in results)
+                print(f"[{done}/{len(tasks)}] {label}: {results[i].out} ({secs:.1f}s)", file=sys.stderr, flush=True)
             time.sleep(0.05)
     finally:
         for copy, (proc, i, _) in running.items():
@@ -245,42 +276,108 @@ def preload() -> None:
 
 
 def report(plan: Plan, outcome: dict[Mutant, str], root: Path) -> None:
-    """The table, then each survivor with its source line (from the snapshot that was mutated)."""
-    print(f"{'module':40} {'mutants':>7} {'killed':>7} {'timeouts':>9} {'survived':>9} {'score':>7}")
+    """The table, then each survivor (or error) with its source line (from the snapshot that was mutated). The score
+    is over the mutants run (``--summary`` of a stopped run: the rest are counted as not run)."""
+    print(f"{'module':40} {'mutants':>7} {'killed':>7} {'timeouts':>9} {'survived':>9} {'not run':>8} {'score':>7}")
     survivors = []
     for spec, found, _ in plan:
         outs = [outcome[m] for m in found]
-        n, killed, timeouts = len(outs), outs.count("failed"), outs.count("timeout")
-        survivors += [m for m in found if outcome[m] == "passed"]
-        score = f"{100 * (killed + timeouts) / n:.1f}%" if n else "-"
-        print(f"{spec:40} {n:7} {killed:7} {timeouts:9} {n - killed - timeouts:9} {score:>7}")
+        n, killed, timeouts, idle = len(outs), outs.count("failed"), outs.count("timeout"), outs.count("")
+        survivors += [m for m in found if outcome[m] not in ("failed", "timeout", "")]
+        score = f"{100 * (killed + timeouts) / (n - idle):.1f}%" if n > idle else "-"
+        print(f"{spec:40} {n:7} {killed:7} {timeouts:9} {n - killed - timeouts - idle:9} {idle:8} {score:>7}")
     print(f"\nsurvivors ({len(survivors)}):" if survivors else "\nno survivors")
     for m in survivors:
-        print(f"  {m}\n      {(root / m.path).read_text(encoding='utf-8').splitlines()[m.line - 1].strip()}")
+        note = "" if outcome[m] == "passed" else f"  ({outcome[m]})"
+        print(f"  {m}{note}\n      {(root / m.path).read_text(encoding='utf-8').splitlines()[m.line - 1].strip()}")
 
 
-def execute(plan: Plan, copies: list[Path], args: argparse.Namespace) -> int:
-    """Baseline (each test file alone, timed), then every mutant; print the report."""
+def baseline(files: list[str], copies: list[Path], args: argparse.Namespace,
+             journal: Journal) -> tuple[dict[str, float], LineTests]:
+    """Each test file alone, timed, under coverage unless ``--no-coverage`` (or as the journal recorded it); raises
+    SystemExit if one fails."""
+    lines = LineTests()
+    if (saved := journal.baseline()) and set(files) <= set(saved[0]):
+        lines.lines = saved[1]
+        return saved[0], lines
+    logs = copies[0].parent / "logs"
+    cov = {f: None if args.no_coverage else logs / f"{Path(f).stem}.cov" for f in files}
+    base = run([Task(None, [f], 3600, cov[f]) for f in files], copies, not args.no_fork)
+    for i in (i for i, r in enumerate(base) if r.out != "passed"):
+        print(f"baseline {base[i].out}: {files[i]}\n{(logs / f'{i}.log').read_text(errors='replace')[-3000:]}",
+              file=sys.stderr)
+    if any(r.out != "passed" for r in base):
+        raise SystemExit("the unmutated tests must pass: stopping")
+    secs = {f: r.secs for f, r in zip(files, base)}
+    print("baseline: " + ", ".join(f"{f} {s:.1f}s" for f, s in secs.items()), file=sys.stderr)
+    for f in files:
+        if cov[f]:
+            lines.add(cov[f], copies, f)
+    journal.save_baseline(secs, lines.lines)
+    return secs, lines
+
+
+def lone_failures(tasks: list[Task], results: list[Result], copies: list[Path], secs: dict[str, float],
+                  args: argparse.Namespace, journal: Journal) -> list[int]:
+    """The narrowed tasks whose kill may be the selection's doing: every test that failed for them also fails alone on
+    the unmutated code (a test that leans on an earlier one). Each killing test is run alone once (journaled)."""
+    killers = {i: set(r.failed) for i, r in enumerate(results) if r.out == "failed" and "::" in tasks[i].tests[0]}
+    nodes = sorted(set().union(*killers.values()))
+    todo = [n for n in nodes if f"alone {n}" not in journal.results]
+    run([Task(None, [n], 3 * secs[n.split("::")[0]] + 30) for n in todo], copies, not args.no_fork,
+        lambda j, r: journal.record(f"alone {todo[j]}", r))
+    lone = {n for n in nodes if journal.results[f"alone {n}"].out != "passed"}
+    if lone:
+        print(f"tests that fail alone, unmutated: {', '.join(sorted(lone))}", file=sys.stderr)
+    return [i for i, found in killers.items() if found and found <= lone]
+
+
+def run_journaled(tasks: list[Task], copies: list[Path], args: argparse.Namespace, journal: Journal,
+                  redo: bool = False) -> list[Result]:
+    """``run`` for the tasks the journal has no result of (none with ``--summary``: those stay ``""``, not run);
+    every result recorded as it ends."""
+    keys = [key(t.mutant, redo) for t in tasks]
+    todo = [i for i, k in enumerate(keys) if k not in journal.results]
+    if len(todo) < len(tasks):
+        print(f"{len(tasks) - len(todo)} of {len(tasks)} results from {args.state}", file=sys.stderr)
+    if not args.summary:
+        run([tasks[i] for i in todo], copies, not args.no_fork, lambda j, r: journal.record(keys[todo[j]], r))
+    return [journal.results.get(k, Result("", 0.0)) for k in keys]
+
+
+def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: Journal) -> int:
+    """Baseline (each test file alone, timed, covered), then every mutant on the tests that run its line (or its
+    module's test files); kills that only a lone-failing test made are redone on the files. Print the report."""
     t_start = time.monotonic()
     if missing := [spec for spec, found, tests in plan if found and not tests]:
         print(f"no test imports {', '.join(missing)}: pass --tests", file=sys.stderr)
         return 2
     if not args.no_fork:
         preload()
-    files = sorted({t for _, found, tests in plan if found for t in tests})
-    base = run([Task(None, [f], 3600) for f in files], copies, not args.no_fork)
-    for i in (i for i, (out, _) in enumerate(base) if out != "passed"):
-        log = (copies[0].parent / "logs" / f"{i}.log").read_text(errors="replace")
-        print(f"baseline {base[i][0]}: {files[i]}\n{log[-3000:]}", file=sys.stderr)
-    if any(out != "passed" for out, _ in base):
-        print("the unmutated tests must pass: stopping", file=sys.stderr)
-        return 1
-    secs = {f: s for f, (_, s) in zip(files, base)}
-    print("baseline: " + ", ".join(f"{f} {s:.1f}s" for f, s in secs.items()), file=sys.stderr)
-    tasks = [Task(m, sorted(tests, key=secs.get), args.timeout or 3 * sum(secs[t] for t in tests) + 30)
-             for _, found, tests in plan for m in found]
-    results = run(tasks, copies, not args.no_fork)
-    report(plan, {t.mutant: out for t, (out, _) in zip(tasks, results)}, copies[0])
+    if args.summary and journal.baseline() is None:
+        print("--summary needs a --state folder with a baseline", file=sys.stderr)
+        return 2
+    secs, lines = baseline(sorted({t for _, found, tests in plan if found for t in tests}), copies, args, journal)
+
+    def limit(tests: list[str]) -> float:
+        return args.timeout or 3 * sum(secs[f] for f in {t.split("::")[0] for t in tests}) + 30
+
+    files = {m: sorted(tests, key=secs.get) for _, found, tests in plan for m in found}
+    tasks = []
+    for m, whole in files.items():
+        narrow = lines.tests(m)
+        tests = whole if narrow is None else sorted(narrow, key=lambda n: (secs[n.split("::")[0]], n))
+        tasks.append(Task(m, tests, limit(tests)))
+    print(f"{sum('::' in t.tests[0] for t in tasks)} of {len(tasks)} mutants run only the tests that cover them",
+          file=sys.stderr)
+    results = run_journaled(tasks, copies, args, journal)
+    for i, t in enumerate(tasks):  # a kill already redone on the whole files (a stopped run's)
+        results[i] = journal.results.get(key(t.mutant, redo=True), results[i])
+    if not args.summary and (redo := lone_failures(tasks, results, copies, secs, args, journal)):
+        again = [Task(tasks[i].mutant, files[tasks[i].mutant], limit(files[tasks[i].mutant])) for i in redo]
+        for i, r in zip(redo, run_journaled(again, copies, args, journal, redo=True)):
+            results[i] = r
+    report(plan, {t.mutant: r.out for t, r in zip(tasks, results)}, copies[0])
     print(f"\n{len(tasks)} mutants, {time.monotonic() - t_start:.0f}s wall with the baseline, {len(copies)} job(s)")
     return 0
 
@@ -296,7 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, help="seconds per mutant (default: 3x its tests' baseline + 30)")
     ap.add_argument("--list", action="store_true", help="print the mutants and their test files; run nothing")
     ap.add_argument("--no-fork", action="store_true", help="a fresh interpreter per run instead of a fork")
+    ap.add_argument("--no-coverage", action="store_true",
+                    help="run each mutant on all its module's test files, not only the tests that cover its line")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (copies, logs)")
+    ap.add_argument("--state", type=Path, help="a folder outside the repository that keeps the baseline and each "
+                    "result as it ends: the same command goes on where a stopped run left off")
+    ap.add_argument("--summary", action="store_true", help="print the table of what --state holds; run nothing")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="mutation-"))
     copies = [work / f"w{i}" for i in range(max(1, args.jobs))]
@@ -313,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             mod = spec.split("::")[0].removesuffix(".py").replace("/", ".").removesuffix(".__init__")
             plan.append((spec, found, args.tests or sorted(t for t, mods in tmap.items() if mod in mods)))
         if not args.list:
-            return execute(plan, copies, args)
+            return execute(plan, copies, args, Journal(args.state, fingerprint(copies[0])))
         for spec, found, tests in plan:
             print(f"== {spec}: {len(found)} mutants; tests: {' '.join(tests) or 'NONE'}")
             print("\n".join(f"  {m}" for m in found))

@@ -81,7 +81,7 @@ def test_diverged_cells_are_results(npz: str, tmp_path: Path, monkeypatch: pytes
     cells = [("strided-cnn-a/fast/neither-sgd-s0", base)]
     grid(base, cells)
     md = Path(ablate.report(tmp_path / "g")).read_text()
-    assert "| neither | sgd | - | - | never (0/1) | 1/1 |" in md
+    assert "| neither | sgd | - | - | never (0/1) | never (0/1) | 1/1 |" in md
 
 
 def test_bad_arguments_are_one_line(capsys) -> None:
@@ -92,3 +92,16 @@ def test_bad_arguments_are_one_line(capsys) -> None:
         assert ablate.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], err
+
+
+def test_cell_row_counts_the_seeds_that_reach_each_target() -> None:
+    """Mean first epoch at >= 50% and >= 80% val accuracy over the seeds that got there; "-" for a cell not run."""
+    def run(accs: list[float], finished: bool = True) -> dict:
+        hist = [{"epoch": e + 1, "val_acc": a} for e, a in enumerate(accs)]
+        return {"reg": "bn", "opt": "sgd", "history": hist, "diverged": None, "finished": finished,
+                "val": accs[-1] if accs else None, "test": accs[-1] if accs else None,
+                "to": {t: next((h["epoch"] for h in hist if h["val_acc"] >= t), None) for t in ablate.TARGETS}}
+
+    row = ablate._cell_row([run([0.4, 0.6, 0.85]), run([0.55, 0.7, 0.75])])
+    assert row == "| bn | sgd | 20.00 ± 5.00 | 20.00 ± 5.00 | 1.5 (2/2) | 3.0 (1/2) | 0/2 |"
+    assert ablate._cell_row([run([], finished=False)]) == "| bn | sgd | - | - | - | - | 0/1 (1 not run) |"

@@ -1,0 +1,72 @@
+"""bench/mutation.py's bookkeeping: which tests a mutant runs (from per-test coverage) and the resumable journal."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from covermap import LineTests, _node, failed_nodes, collected_names  # noqa: E402
+from journal import Journal, Result, fingerprint, key  # noqa: E402
+from mutants import Mutant  # noqa: E402
+
+TEST_FILE = '''
+def test_a(): pass
+def helper(): pass
+class TestB:
+    def test_c(self): pass
+    def other(self): pass
+'''
+
+
+def test_contexts_become_node_ids_only_for_collected_tests(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(TEST_FILE)
+    names = collected_names(tmp_path / "tests" / "test_x.py")
+    assert names == {"test_a", "TestB.test_c"}
+    assert _node("test_x.test_a", "tests/test_x.py", "test_x", names) == "tests/test_x.py::test_a"
+    assert _node("tests.test_x.TestB.test_c", "tests/test_x.py", "test_x", names) == "tests/test_x.py::TestB::test_c"
+    assert _node("test_x.test_nested_helper", "tests/test_x.py", "test_x", names) == ""  # not collected: no narrowing
+    assert _node("", "tests/test_x.py", "test_x", names) == ""
+
+
+def test_a_mutant_is_narrowed_only_where_every_line_ran_inside_tests() -> None:
+    lines = LineTests()
+    lines.lines["m.py"] = {3: {"t.py::a"}, 4: {"t.py::b"}, 5: {"", "t.py::a"}}
+    one = Mutant("m.py", 3, 0, 1, "x", "y", "compare")
+    two_lines = Mutant("m.py", 3, 0, 5, "x\n+ y", "z", "return")
+    assert lines.tests(one) == ["t.py::a"]
+    assert lines.tests(two_lines) == ["t.py::a", "t.py::b"]
+    assert lines.tests(Mutant("m.py", 5, 0, 1, "x", "y", "number")) is None  # also runs at import
+    assert lines.tests(Mutant("m.py", 9, 0, 1, "x", "y", "number")) is None  # no test runs it in-process
+    assert lines.tests(Mutant("n.py", 3, 0, 1, "x", "y", "number")) is None
+
+
+def test_failed_nodes_read_from_a_quiet_log() -> None:
+    log = ("F.\n=== short test summary info ===\nFAILED tests/test_x.py::test_a[3-bf16] - AssertionError: x - y\n"
+           "ERROR tests/test_x.py::TestB::test_c\nERROR tests/test_y.py\n1 failed in 2.0s\n")
+    assert failed_nodes(log) == {"tests/test_x.py::test_a", "tests/test_x.py::TestB::test_c"}
+
+
+def test_journal_resumes_and_refuses_another_tree(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.py").write_text("x = 1\n")
+    sha = fingerprint(tree)
+    m = Mutant("a.py", 1, 4, 5, "1", "2", "number")
+    j = Journal(tmp_path / "state", sha)
+    j.save_baseline({"tests/t.py": 1.5}, {"a.py": {1: {"tests/t.py::test_a"}}})
+    j.record(key(m), Result("failed", 2.0, ["tests/t.py::test_a"]))
+    with open(tmp_path / "state" / "results.jsonl", "a") as f:
+        f.write('{"key": "a.py:0:1:cut sh')  # a kill mid-write leaves half a line
+    again = Journal(tmp_path / "state", sha)
+    assert again.results == {key(m): Result("failed", 2.0, ["tests/t.py::test_a"])}
+    assert again.baseline() == ({"tests/t.py": 1.5}, {"a.py": {1: {"tests/t.py::test_a"}}})
+    assert key(m, redo=True) not in again.results
+    again.record(key(m, redo=True), Result("passed", 9.0))
+    assert Journal(tmp_path / "state", sha).results[key(m, redo=True)] == Result("passed", 9.0)
+    (tree / "a.py").write_text("x = 2\n")
+    with pytest.raises(SystemExit, match="another tree"):
+        Journal(tmp_path / "state", fingerprint(tree))
