@@ -3,9 +3,9 @@ line, not on every test of every file that imports its module (the same idea as 
 
 Each baseline test file runs under coverage.py with ``dynamic_context = test_function``: a line executed while a test
 function is on the stack is recorded under that test's name, in any thread the test starts (AppTest's script thread
-included). Lines run only at import or in fixtures carry the empty context, and lines no test runs in this process (a
-torchrun worker's, say) carry none. A mutant on such a line falls back to all the test files of its module, so the
-selection only ever narrows where coverage names the tests.
+included). Lines run only at import or in fixtures carry the empty context: a mutant there is tried on every test
+that runs any line of its module. Lines no test runs in this process (a torchrun worker's, say) carry none: a mutant
+there falls back to all the test files that reach its module.
 """
 
 from __future__ import annotations
@@ -73,11 +73,14 @@ class LineTests:
                 slots.setdefault(line, set()).update(_node(c, test_file, stem, names) for c in contexts)
 
     def tests(self, m: Mutant) -> list[str] | None:
-        """The node ids covering every line of ``m``; None where any of them ran outside a known test, or not at all
-        (the caller then uses the module's test files)."""
+        """The node ids of the tests that run ``m``'s lines. A line run outside any test (at import: a constant, a
+        default, a decorator) acts through the module's code, so it gets every test that runs any line of the module.
+        None where no test runs the line in this process: the caller then uses the module's test files."""
         slots = self.lines.get(m.path, {})
         found = set().union(*(slots.get(n, set()) for n in range(m.line, m.line + m.old.count("\n") + 1)))
-        return None if not found or "" in found else sorted(found)
+        if "" in found:
+            found = set().union(*slots.values())
+        return sorted(found - {""}) or None
 
 
 def _node(context: str, test_file: str, stem: str, names: set[str]) -> str:

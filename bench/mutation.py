@@ -11,7 +11,8 @@ The repository is never written: its working tree (``git ls-files -co --exclude-
 one copy per job, and mutants are written there. A mutant's tests are those of the test files that reach its module
 through any chain of imports (a test driving app/main.py through AppTest reaches what the script imports), narrowed to
 the tests that execute the mutated line (``covermap.py``: the baseline runs under coverage with per-test contexts); a
-line run only at import, in a fixture or by no test in-process keeps the whole files. ``pytest -x``, fastest file
+line run only at import or in a fixture gets the tests that run any line of its module, and a line no test runs
+in-process keeps the whole files. ``pytest -x``, fastest file
 first, in a child forked from this process once it has imported torch, numpy, pytest and streamlit (``--no-fork``: a
 fresh interpreter per run). Killed: a test fails or collection breaks, or the run times out (counted apart); pytest's
 usage and no-test errors are reported, not counted as kills. A narrowed kill whose failing tests also fail alone on

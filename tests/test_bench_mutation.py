@@ -32,14 +32,14 @@ def test_contexts_become_node_ids_only_for_collected_tests(tmp_path: Path) -> No
     assert _node("", "tests/test_x.py", "test_x", names) == ""
 
 
-def test_a_mutant_is_narrowed_only_where_every_line_ran_inside_tests() -> None:
+def test_a_mutant_runs_the_tests_that_run_its_lines() -> None:
     lines = LineTests()
     lines.lines["m.py"] = {3: {"t.py::a"}, 4: {"t.py::b"}, 5: {"", "t.py::a"}}
     one = Mutant("m.py", 3, 0, 1, "x", "y", "compare")
     two_lines = Mutant("m.py", 3, 0, 5, "x\n+ y", "z", "return")
     assert lines.tests(one) == ["t.py::a"]
     assert lines.tests(two_lines) == ["t.py::a", "t.py::b"]
-    assert lines.tests(Mutant("m.py", 5, 0, 1, "x", "y", "number")) is None  # also runs at import
+    assert lines.tests(Mutant("m.py", 5, 0, 1, "x", "y", "number")) == ["t.py::a", "t.py::b"]  # runs at import
     assert lines.tests(Mutant("m.py", 9, 0, 1, "x", "y", "number")) is None  # no test runs it in-process
     assert lines.tests(Mutant("n.py", 3, 0, 1, "x", "y", "number")) is None
 
