@@ -31,24 +31,31 @@ from test_app_browser import ARGS, CHROMIUM, SETTLED, _free_port, _view, _wait_h
 WATCH = """() => {
   const app = document.querySelector('[data-testid="stApp"]');
   window.__ran = false;
-  window.__at = null;
+  window.__at = window.__start = window.__end = null;
   if (!window.__watching) {
     window.__watching = true;
     for (const kind of ['pointerdown', 'keydown']) {
       document.addEventListener(kind, () => { window.__at = performance.now(); }, true);
     }
-    new MutationObserver(() => { window.__ran = true; })  // the script state left notRunning: a rerun began
-      .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+    new MutationObserver((records) => {  // the script state left notRunning: a rerun began; back: it ended
+      const t = performance.now();
+      for (const r of records) {
+        window.__ran = true;
+        if (r.oldValue === 'notRunning' && window.__start === null) window.__start = t;
+      }
+      if (app.dataset.testScriptState === 'notRunning') window.__end = t;
+    }).observe(app, {attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
   }
 }"""
 DONE = f"() => (window.__ran || performance.now() - window.__at > 3000) && ({SETTLED})() && performance.now()"
 
 
 def timed(page, action: Callable[[], None], text: str | None = None,  # noqa: ANN001
-          prepare: Callable[[], None] | None = None) -> float:
+          prepare: Callable[[], None] | None = None) -> tuple[float, tuple[float, float, float] | None]:
     """ms, in the page's clock, from the user's last press (pointer down or key down: ``prepare``, such as opening a
     select box, comes before it) until a rerun has run and the page is idle with every image loaded (``text``: and
-    shows it). A rerun not seen within 3 s (none started) counts from then."""
+    shows it). A rerun not seen within 3 s (none started) counts from then. Also its phases, where seen: press until
+    the rerun starts, the rerun (the server's run and its messages), its end until the page is idle (the browser)."""
     page.evaluate(WATCH)
     if prepare:
         prepare()
@@ -56,7 +63,8 @@ def timed(page, action: Callable[[], None], text: str | None = None,  # noqa: AN
     if text:
         page.get_by_text(text).first.wait_for(timeout=600_000)
     done = page.wait_for_function(DONE, timeout=600_000, polling="raf").json_value()
-    return done - page.evaluate("window.__at")
+    at, start, end = page.evaluate("[window.__at, window.__start, window.__end]")
+    return done - at, (start - at, end - start, done - end) if start is not None and end is not None else None
 
 
 def loaded(page, url: str, text: str) -> float:  # noqa: ANN001
@@ -74,13 +82,17 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def run(url: str, pid: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+def run(url: str, pid: int, rounds: int) -> dict[str, dict[str, list]]:
     from playwright.sync_api import sync_playwright
 
-    times: dict[str, dict[str, list[float]]] = {}
+    times: dict[str, dict[str, list]] = {}
 
-    def note(kind: str, visit: str, ms: float) -> None:
-        times.setdefault(kind, {"first": [], "revisit": []})[visit].append(ms)
+    def note(kind: str, visit: str, result: float | tuple[float, tuple[float, float, float] | None]) -> None:
+        ms, phases = result if isinstance(result, tuple) else (result, None)
+        got = times.setdefault(kind, {"first": [], "revisit": [], "phases": []})
+        got[visit].append(ms)
+        if visit == "revisit" and phases:
+            got["phases"].append(phases)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -159,6 +171,11 @@ def main() -> None:
     for kind, t in times.items():
         cell = lambda xs: f"{statistics.median(xs):,.0f} / {max(xs):,.0f} (n={len(xs)})" if xs else "-"  # noqa
         print(f"| {kind} | {cell(t['first'])} | {cell(t['revisit'])} |")
+    print("\nrevisits, median ms per phase: press -> rerun starts | the rerun (server) | rerun ends -> page idle "
+          "(browser)")
+    for kind, t in times.items():
+        if t["phases"]:
+            print(f"  {kind}: " + " | ".join(f"{statistics.median(x):,.0f}" for x in zip(*t["phases"])))
     print(f"\nserver memory: {start:.0f} MB at start, {rss:.0f} MB after the session (peak {peak:.0f} MB)")
 
 
