@@ -241,8 +241,8 @@ def run(tasks: list[Task], copies: list[Path], fork: bool,
                 copy, (i, task) = free.pop(), queue.pop(0)
                 write(copy, task.mutant, True)
                 log = copy.parent / "logs" / f"{i}.log"
-                running[copy] = (Pytest(copy, task.tests, log, fork, task.cov), i, time.monotonic())
-            for copy, (proc, i, t0) in list(running.items()):
+                running[copy] = (Pytest(copy, task.tests, log, fork, task.cov), i, time.monotonic(), log)
+            for copy, (proc, i, t0, log) in list(running.items()):
                 code, secs = proc.poll(), time.monotonic() - t0
                 if code is None and secs < tasks[i].limit:
                     continue
@@ -250,7 +250,6 @@ def run(tasks: list[Task], copies: list[Path], fork: bool,
                 write(copy, tasks[i].mutant, False)
                 del running[copy]
                 free.append(copy)
-                log = copy.parent / "logs" / f"{i}.log"
                 results[i] = Result(outcome(code), secs, sorted(failed_nodes(log.read_text(errors="replace"))))
                 if on_done:
                     on_done(i, results[i])
@@ -259,7 +258,7 @@ def run(tasks: list[Task], copies: list[Path], fork: bool,
                 print(f"[{done}/{len(tasks)}] {label}: {results[i].out} ({secs:.1f}s)", file=sys.stderr, flush=True)
             time.sleep(0.05)
     finally:
-        for copy, (proc, i, _) in running.items():
+        for copy, (proc, i, _, _) in running.items():
             proc.stop()
             write(copy, tasks[i].mutant, False)
     return results
@@ -301,6 +300,8 @@ def baseline(files: list[str], copies: list[Path], args: argparse.Namespace,
     if (saved := journal.baseline()) and set(files) <= set(saved[0]):
         lines.lines = saved[1]
         return saved[0], lines
+    if args.summary:
+        raise SystemExit("--summary needs a --state folder holding this run's baseline")
     logs = copies[0].parent / "logs"
     cov = {f: None if args.no_coverage else logs / f"{Path(f).stem}.cov" for f in files}
     base = run([Task(None, [f], 3600, cov[f]) for f in files], copies, not args.no_fork)
@@ -353,11 +354,8 @@ def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: J
     if missing := [spec for spec, found, tests in plan if found and not tests]:
         print(f"no test imports {', '.join(missing)}: pass --tests", file=sys.stderr)
         return 2
-    if not args.no_fork:
+    if not (args.no_fork or args.summary):
         preload()
-    if args.summary and journal.baseline() is None:
-        print("--summary needs a --state folder with a baseline", file=sys.stderr)
-        return 2
     secs, lines = baseline(sorted({t for _, found, tests in plan if found for t in tests}), copies, args, journal)
 
     def limit(tests: list[str]) -> float:
