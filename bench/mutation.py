@@ -128,12 +128,31 @@ def test_map(root: Path) -> dict[str, set[str]]:
     """Test file -> the library modules it reaches (through any chain of imports)."""
     imports, out = Imports(root), {}
     for f in sorted((root / "tests").glob("test_*.py")):
-        rel, text = f.relative_to(root).as_posix(), f.read_text(encoding="utf-8")
+        rel = f.relative_to(root).as_posix()
         if rel not in EXCLUDED_TESTS:
-            out[rel] = imports.closure(ast.parse(text))
-            for script in (s for marker, s in SCRIPT_TESTS.items() if marker in text):
-                out[rel] |= {script} | imports.closure(imports.tree(script), script)
+            out[rel] = set()
+            for text in with_helpers(f):
+                out[rel] |= imports.closure(ast.parse(text))
+                for script in (s for marker, s in SCRIPT_TESTS.items() if marker in text):
+                    out[rel] |= {script} | imports.closure(imports.tree(script), script)
     return out
+
+
+def with_helpers(test: Path) -> list[str]:
+    """The text of ``test`` and of the helper modules beside it that it imports (``from appkit import ...``), so a
+    test reaches what its helpers reach."""
+    texts, todo, seen = [], [test], set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        texts.append(text := f.read_text(encoding="utf-8"))
+        for node in ast.walk(ast.parse(text)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            todo += [h for n in names if (h := test.parent / f"{n}.py").is_file()]
+    return texts
 
 
 def snapshot(root: Path, dest: Path) -> None:

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from covermap import LineTests, _node, failed_nodes, collected_names  # noqa: E402
 from journal import Journal, Result, fingerprint, key  # noqa: E402
 from mutants import Mutant  # noqa: E402
+from mutation import test_map as modules_reached  # noqa: E402
 
 TEST_FILE = '''
 def test_a(): pass
@@ -70,3 +71,15 @@ def test_journal_resumes_and_refuses_another_tree(tmp_path: Path) -> None:
     (tree / "a.py").write_text("x = 2\n")
     with pytest.raises(SystemExit, match="another tree"):
         Journal(tmp_path / "state", fingerprint(tree))
+
+
+def test_a_test_reaches_what_its_helper_module_reaches(tmp_path: Path) -> None:
+    for rel, text in {"app/__init__.py": "", "app/main.py": "from app import sidebar\n", "app/sidebar.py": "",
+                      "allconv/__init__.py": "", "allconv/data.py": "",
+                      "tests/kit.py": "from allconv import data\nAppTest.from_file('app/main.py')\n",
+                      "tests/test_ui.py": "from kit import run\n", "tests/test_plain.py": "import os\n"}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    reached = modules_reached(tmp_path)
+    assert reached["tests/test_ui.py"] == {"allconv", "allconv.data", "app", "app.main", "app.sidebar"}
+    assert reached["tests/test_plain.py"] == set()
