@@ -47,4 +47,5 @@ with alerts:
     for message in dict.fromkeys(sel.errors):
         st.error(allow.scrub(message))
 
+memory.freeze_libraries()  # what a newly imported library made: out of the full collection Streamlit runs after each run
 memory.trim()  # the rerun's temporaries go back to the system, not to a thread's arena

@@ -309,45 +309,6 @@ def test_close_ups_are_cropped_to_the_receptive_field(env: dict[str, Path]) -> N
     assert full[:, :, :l].abs().sum() == 0 and full[:, :, r:].abs().sum() == 0
 
 
-def test_memory_trim_returns_free_pages_on_glibc() -> None:
-    import platform
-
-    from app import memory
-
-    assert memory.trim() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
-
-
-HEAP = """
-import ctypes, sys, torch
-from app import memory
-class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                                               "uordblks", "fordblks", "keepcost")]
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = Info
-assert memory.map_large_blocks()
-done = torch.empty(30 << 20, dtype=torch.uint8)
-del done  # without the fix, this free raises glibc's mmap threshold to 30 MB
-before = libc.mallinfo2().hblkhd
-maps = torch.empty(20 << 20, dtype=torch.uint8)
-print((libc.mallinfo2().hblkhd - before) >> 20)
-"""
-
-
-def test_a_freed_feature_map_goes_back_to_the_system() -> None:
-    """After a 30 MB tensor is freed, a 20 MB one still gets its own mmap (so its free returns it to the system),
-    where glibc alone would serve it from the heap: a long scan's kept results then pin such blocks (3.5 GB)."""
-    import platform
-    import subprocess
-    import sys
-
-    if not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
-        pytest.skip("mallopt and mallinfo2 are glibc's")
-    out = subprocess.run([sys.executable, "-c", HEAP], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
-    assert int(out.stdout) >= 20, f"a 20 MB tensor took {out.stdout.strip()} MB of mmapped blocks"
-
-
 def test_a_cifar100_net_browses_cifar100_by_default(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """A net trained on CIFAR-100 (its metadata says so) opens on CIFAR-100's images with its 100 class names, unless
     the server names a dataset; a CIFAR-10 net keeps CIFAR-10."""
