@@ -96,9 +96,9 @@ def scan(stamp: str, source: str, split: str, layer: str, limit: int, model: nn.
     if hit:
         return s
     job = precompute.running(stamp, source, split, layer, limit)
-    if job is not None:  # the background pass is scanning this layer: wait for it rather than scan twice
+    if job is not None:  # the background pass is scanning this layer: wait for it rather than scan twice, unless starved
         job.wait(progress)
-    s = scans.load_or_compute(scans.disk_key(stamp, source, split, layer, limit), model, images, pre, progress)
+    s = scans.load_or_compute(scans.disk_keys(stamp, split, [layer], images)[layer], model, images, pre, progress)
     _SCANS.put(key, s)
     return s
 

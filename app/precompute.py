@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from allconv.errors import AllconvError
 from vis import figure2
 from vis.scan import scan_layers
 from vis.sources import Source
@@ -29,6 +30,7 @@ from . import scans
 from .config import SCAN_TOP_K
 
 POLL_S = 0.25
+STALL_S = 5.0  # a pass whose progress stalls this long is starved: a visitor stops waiting for it
 BATCH = 100  # images per batch: the pass holds every layer's maps of a batch at once (500 peaked at ~3 GB)
 _LOCK = threading.Lock()
 _JOBS: dict[tuple[str, str, str, int], Job] = {}
@@ -44,11 +46,20 @@ class Job:
     error: str = ""
     ended: threading.Event = field(default_factory=threading.Event)
 
-    def wait(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Block until the pass ends, reporting its progress meanwhile."""
+    def wait(self, progress: Callable[[int, int], None] | None = None, stall_s: float | None = None) -> bool:
+        """Block until the pass ends (True), reporting its progress meanwhile; False once it has made no progress for
+        ``stall_s`` (default ``STALL_S``): at its lowest priority a busy CPU starves it (a training run beside the
+        server), and a visitor then scans at their own priority rather than wait behind it."""
+        stall_s = STALL_S if stall_s is None else stall_s
+        seen, since = self.done, time.monotonic()
         while not self.ended.wait(POLL_S):
             if progress is not None:
                 progress(self.done, self.total)
+            if self.done != seen:
+                seen, since = self.done, time.monotonic()
+            elif time.monotonic() - since > stall_s:
+                return False
+        return True
 
 
 def _ended() -> threading.Event:
@@ -71,8 +82,10 @@ def start(stamp: str, source: str, split: str, net: Source, images: torch.Tensor
             return _JOBS.get(key)
         if any(not j.ended.is_set() for j in _JOBS.values()):
             return None  # one pass at a time: a later rerun starts this one
-        missing = [name for name in layers if not scans.scan_path(scans.disk_key(stamp, source, split, name,
-                                                                                 len(images))).is_file()]
+        try:
+            missing = [name for name, k in scans.disk_keys(stamp, split, layers, images).items() if not scans.find(k)]
+        except AllconvError:
+            return None  # the checkpoint went away: the views say so
         if not missing or len(images) == 0:  # remembered as done, so later reruns skip the disk checks
             _JOBS[key] = Job([], ended=_ended())
             return None
@@ -109,8 +122,9 @@ def _run(job: Job, key: tuple[str, str, str, int], model: torch.nn.Module, net: 
     try:
         found = scan_layers(model, images, net.preprocess, layers=job.layers, top_k=min(SCAN_TOP_K, count),
                             batch_size=BATCH, progress=progress, split=split)
+        keys = scans.disk_keys(stamp, split, list(found), images)
         for name, s in found.items():
-            figure2.save_scan(s, scans.scan_path(scans.disk_key(stamp, source, split, name, count)))
+            figure2.save_scan(s, scans.scan_path(keys[name]))
         logging.getLogger("allconv.app").info("precomputed Figure 2 scans of %d layers over %d images in %.1f s",
                                               len(found), count, time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - a failed pass leaves each layer to its own scan

@@ -1,7 +1,9 @@
 """Figure 2 scans for the Layer view: computed with a progress bar, then kept on disk.
 
-A scan of the CIFAR-10 test split takes a while on a CPU, so it runs once per (checkpoint contents, dataset, split,
-layer, limit) and is saved under ``config.scan_dir()``; later sessions and app restarts load it in milliseconds.
+A scan of the CIFAR-10 test split takes a while on a CPU, so it runs once per (checkpoint contents, images, split,
+layer) and is saved under ``config.scan_dir()``; later sessions and app restarts load it in milliseconds. Keys are
+content digests (``app.identity``), so the scans shipped in ``checkpoints/scans/`` (``python -m app.shipped``) serve
+the shipped nets over CIFAR's test split on any machine, before the first scan ever runs.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from allconv import checkpoint
 from allconv.errors import AllconvError
 from allconv.preprocess import Preprocess
 from vis import figure2
 from vis.figure2 import Scan
 
+from . import identity
 from .config import SCAN_TOP_K, scan_dir
 
 CHUNK = 500  # images per scan batch: the progress bar's step
@@ -28,15 +32,27 @@ TILE_PX = 45  # Figure 2 tiles are upscaled to about this many pixels, whatever 
 MAX_FIGURE_PX = 2400  # a wider figure (a torchvision model's large receptive fields) is shrunk to this width
 
 
-def disk_key(stamp: str, source: str, split: str, layer: str, limit: int) -> dict[str, object]:
-    """What identifies a saved scan: the checkpoint's contents, the data, split, layer, image count and k."""
-    return {"checkpoint": stamp, "data": source, "split": split, "layer": layer, "limit": limit, "top_k": SCAN_TOP_K}
+def disk_keys(stamp: str, split: str, layers: Sequence[str], images: torch.Tensor) -> dict[str, dict[str, object]]:
+    """What identifies each layer's saved scan, by content: the checkpoint's and the images' digests (computed once),
+    split, layer, image count and k."""
+    ids = {"checkpoint": identity.checkpoint(stamp), "images": identity.images(images), "split": split}
+    return {layer: {**ids, "layer": layer, "limit": len(images), "top_k": SCAN_TOP_K} for layer in layers}
 
 
-def scan_path(key: dict[str, object]) -> Path:
-    """Where the scan identified by ``key`` lives on disk."""
+def scan_path(key: dict[str, object], folder: Path | None = None) -> Path:
+    """Where the scan identified by ``key`` is saved: in ``folder``, by default the app's scan cache."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return scan_dir() / f"{key['layer']}-{digest}.npz"
+    return (folder or scan_dir()) / f"{key['layer']}-{digest}.npz"
+
+
+def shipped() -> Path:
+    """The folder of the shipped nets' scans over their datasets' test splits (``app.shipped``), read-only."""
+    return checkpoint.SHIPPED_DIR / "scans"
+
+
+def find(key: dict[str, object]) -> list[Path]:
+    """The saved scans for ``key``, the cache's before the shipped one (a damaged one is recomputed into the cache)."""
+    return [p for p in (scan_path(key), scan_path(key, shipped())) if p.is_file()]
 
 
 def compute(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, layer: str, split: str,
@@ -52,15 +68,14 @@ def compute(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, laye
 def load_or_compute(key: dict[str, object], model: nn.Module, images: torch.Tensor, preprocess: Preprocess,
                     progress: Callable[[int, int], None] | None = None) -> Scan:
     """The saved scan for ``key`` if there is a readable one, else a fresh one (saved best-effort)."""
-    path = scan_path(key)
-    if path.is_file():
+    for path in find(key):
         try:
             return figure2.load_scan(path)
         except AllconvError:
-            pass  # damaged: recompute and overwrite
+            pass  # damaged: recompute into the cache
     s = compute(model, images, preprocess, str(key["layer"]), str(key["split"]), progress)
     try:
-        figure2.save_scan(s, path)
+        figure2.save_scan(s, scan_path(key))
     except OSError:
         pass  # a read-only cache must not break the page
     return s

@@ -173,9 +173,13 @@ def test_receptive_field_longer_than_the_image_gives_the_whole_image(images, pre
 
 # --- save / load ---------------------------------------------------------------------------------------------------
 
-def test_save_load_round_trip(fig, tmp_path: Path) -> None:
+@pytest.mark.parametrize("compress", [False, True])
+def test_save_load_round_trip(fig, tmp_path: Path, compress: bool) -> None:
     s, img = fig
-    path = s.save(tmp_path / "deep" / "conv6.scan")  # any suffix, parent created
+    path = s.save(tmp_path / "deep" / "conv6.scan") if not compress else \
+        figure2.save_scan(s, tmp_path / "deep" / "conv6.scan", compress=True)  # any suffix, parent created
+    if compress:
+        assert path.stat().st_size < figure2.save_scan(s, tmp_path / "plain.npz").stat().st_size / 2
     back = figure2.load_scan(path)
     for f in dataclasses.fields(Scan):
         a, b = getattr(s, f.name), getattr(back, f.name)
