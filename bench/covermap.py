@@ -11,6 +11,7 @@ there falls back to all the test files that reach its module.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import sys
 from pathlib import Path
@@ -20,8 +21,20 @@ from mutants import Mutant
 Nodes = dict[str, set[str]]  # line -> pytest node ids ("" where the line ran outside any test function)
 
 
+class Durations:
+    """A pytest plugin: each test's time (setup, call and teardown; a parametrized test's cases summed)."""
+
+    def __init__(self) -> None:
+        self.secs: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report) -> None:  # noqa: ANN001 - pytest's TestReport
+        node = report.nodeid.split("[")[0]
+        self.secs[node] = self.secs.get(node, 0.0) + report.duration
+
+
 def run_pytest(copy: Path, args: list[str], cov_file: Path | None, sources: tuple[str, ...]) -> int:
-    """``pytest.main(args)``, under coverage with per-test contexts where ``cov_file`` is given (data saved there)."""
+    """``pytest.main(args)``, under coverage with per-test contexts where ``cov_file`` is given (data saved there, each
+    test's time beside it in ``<cov_file>.secs.json``)."""
     import pytest
 
     if cov_file is None:
@@ -30,12 +43,14 @@ def run_pytest(copy: Path, args: list[str], cov_file: Path | None, sources: tupl
 
     cov = coverage.Coverage(data_file=str(cov_file), source=[str(copy / s) for s in sources], config_file=False)
     cov.set_option("run:dynamic_context", "test_function")
+    timer = Durations()
     cov.start()
     try:
-        return pytest.main(args)
+        return pytest.main(args, plugins=[timer])
     finally:
         cov.stop()
         cov.save()
+        Path(f"{cov_file}.secs.json").write_text(json.dumps(timer.secs), encoding="utf-8")
 
 
 def collected_names(test_file: Path) -> set[str]:
@@ -50,27 +65,39 @@ def collected_names(test_file: Path) -> set[str]:
     return names
 
 
+def read_lines(cov_file: Path, copies: list[Path], test_file: str) -> dict[str, Nodes]:
+    """One test file's coverage data (measured on one of ``copies``, identical trees): library file -> line -> the
+    node ids of its tests that ran the line."""
+    from coverage import CoverageData
+
+    data = CoverageData(basename=str(cov_file))
+    data.read()
+    names, stem, out = collected_names(copies[0] / test_file), Path(test_file).stem, {}
+    for measured in data.measured_files():
+        path = Path(measured)
+        copy = next((c for c in copies if path.is_relative_to(c)), None)
+        if copy is not None:
+            slots = out.setdefault(path.relative_to(copy).as_posix(), {})
+            for line, contexts in data.contexts_by_lineno(measured).items():
+                slots.setdefault(line, set()).update(_node(c, test_file, stem, names) for c in contexts)
+    return out
+
+
 class LineTests:
-    """library file (relative path) -> line -> the node ids of the tests that ran it, from the baseline's data."""
+    """library file (relative path) -> line -> the node ids of the tests that ran it, over every test file's
+    baseline, and each test's time (to try the quick ones first)."""
 
     def __init__(self) -> None:
         self.lines: dict[str, Nodes] = {}
+        self.secs: dict[str, float] = {}
 
-    def add(self, cov_file: Path, copies: list[Path], test_file: str) -> None:
-        """Merge one test file's coverage data (measured on one of ``copies``, identical trees)."""
-        from coverage import CoverageData
-
-        data = CoverageData(basename=str(cov_file))
-        data.read()
-        names, stem = collected_names(copies[0] / test_file), Path(test_file).stem
-        for measured in data.measured_files():
-            path = Path(measured)
-            copy = next((c for c in copies if path.is_relative_to(c)), None)
-            if copy is None:
-                continue
-            slots = self.lines.setdefault(path.relative_to(copy).as_posix(), {})
-            for line, contexts in data.contexts_by_lineno(measured).items():
-                slots.setdefault(line, set()).update(_node(c, test_file, stem, names) for c in contexts)
+    def add(self, lines: dict[str, Nodes], secs: dict[str, float] | None = None) -> None:
+        """Merge one test file's line map and test times."""
+        for lib, slots in lines.items():
+            mine = self.lines.setdefault(lib, {})
+            for line, nodes in slots.items():
+                mine.setdefault(line, set()).update(nodes)
+        self.secs.update(secs or {})
 
     def tests(self, m: Mutant) -> list[str] | None:
         """The node ids of the tests that run ``m``'s lines. A line run outside any test (at import: a constant, a

@@ -1,8 +1,12 @@
-"""A mutation run's saved state (``bench/mutation.py --state DIR``), so a run of hours can stop at any moment and go on.
+"""A mutation run's saved state (``bench/mutation.py --state DIR``), so a run of hours can stop at any moment and go on,
+and go on after tests are added (the way its survivors get killed).
 
-The folder holds the tree's fingerprint (every snapshot file's path and bytes), the baseline (each test file's time and
-which tests run each library line) and one JSON line per finished mutant, appended and flushed as it ends. A run over
-the same tree skips what is recorded; a folder made from another tree is refused, since its results would be stale.
+The folder holds the library's fingerprint (every file of its packages, path and bytes), each test file's baseline
+(its time, each test's time, and which of its tests run each library line, under the file's own fingerprint) and one
+JSON line per finished mutant, appended and flushed as it ends. A run over the same library skips what is recorded; a
+folder made from another library is refused, since a mutant's position would name other code. When the tests
+changed, kills are kept (a test added does not revive a mutant) and the rest are run again, on a baseline redone for
+the changed test files only.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 
 from mutants import Mutant
 
+Lines = dict[str, dict[int, set[str]]]  # library file -> line -> the node ids of the tests that ran it
+
 
 @dataclass
 class Result:
@@ -23,11 +29,30 @@ class Result:
     failed: list[str] = field(default_factory=list)  # node ids the log lists as failed
 
 
-def fingerprint(tree: Path) -> str:
-    """sha256 of every file's path and bytes under ``tree`` (symlinks not followed)."""
+@dataclass
+class FileBaseline:
+    """One test file run alone on the unmutated code: its fingerprint, time, per-test times and line coverage."""
+
+    sha: str
+    secs: float
+    durations: dict[str, float] = field(default_factory=dict)  # node id (parameters summed) -> seconds
+    lines: Lines = field(default_factory=dict)
+
+
+def fingerprint(tree: Path, parts: tuple[str, ...] = ("",)) -> str:
+    """sha256 of every file's path and bytes under ``tree``'s ``parts`` (symlinks not followed)."""
     h = hashlib.sha256()
-    for path in sorted(p for p in tree.rglob("*") if p.is_file() and not p.is_symlink()):
+    for path in sorted(p for part in parts for p in (tree / part).rglob("*") if p.is_file() and not p.is_symlink()):
         h.update(path.relative_to(tree).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def suite_file_sha(tree: Path, test_file: str) -> str:
+    """A test file's fingerprint: its bytes and those of its folder's helpers (conftest.py, appkit.py...)."""
+    helpers = sorted(p for p in (tree / test_file).parent.glob("*.py") if not p.name.startswith("test_"))
+    h = hashlib.sha256()
+    for p in [tree / test_file, *helpers]:
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -38,40 +63,59 @@ def key(m: Mutant, redo: bool = False) -> str:
 class Journal:
     """The state folder, or nothing at all (``folder=None``: a run that keeps nothing)."""
 
-    def __init__(self, folder: Path | None, tree: str) -> None:
-        self.folder, self.results = folder, {}
+    def __init__(self, folder: Path | None, library: str, tests: str = "") -> None:
+        self.folder, self.results, self.kept = folder, {}, 0
         if folder is None:
             return
         folder.mkdir(parents=True, exist_ok=True)
         mark = folder / "tree.sha256"
-        if mark.exists() and mark.read_text().strip() != tree:
-            raise SystemExit(f"{folder} holds a run of another tree (the code or tests changed): pass a new --state")
-        mark.write_text(tree + "\n")
-        if (log := folder / "results.jsonl").exists():
+        if mark.exists() and mark.read_text().strip() != library:
+            raise SystemExit(f"{folder} holds a run of another library (its code changed): pass a new --state")
+        mark.write_text(library + "\n")
+        log = folder / "results.jsonl"
+        if log.exists():
             text = log.read_text(encoding="utf-8")
             if text and not text.endswith("\n"):
                 with open(log, "a", encoding="utf-8") as f:
                     f.write("\n")  # end the line a kill cut short, so the next result starts its own
-            for line in text.splitlines():
-                try:
-                    entry = json.loads(line)
-                    name = entry.pop("key")
-                    self.results[name] = Result(**entry)
-                except (ValueError, TypeError, KeyError):
-                    continue  # a line cut short by a kill: that mutant runs again
+            self._read(text)
+        seen = folder / "tests.sha256"
+        if seen.exists() and seen.read_text().strip() != tests and self.results:
+            self.results = {k: r for k, r in self.results.items() if r.out == "failed" and not k.startswith("alone ")}
+            self.kept = len(self.results)
+            self._rewrite(log)
+        seen.write_text(tests + "\n")
 
-    def baseline(self) -> tuple[dict[str, float], dict[str, dict[int, set[str]]]] | None:
+    def _read(self, text: str) -> None:
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+                name = entry.pop("key")
+                self.results[name] = Result(**entry)
+            except (ValueError, TypeError, KeyError):
+                continue  # a line cut short by a kill: that mutant runs again
+
+    def _rewrite(self, log: Path) -> None:
+        tmp = log.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"key": k, **asdict(r)}) + "\n" for k, r in self.results.items()), "utf-8")
+        os.replace(tmp, log)
+
+    def baseline(self) -> dict[str, FileBaseline]:
+        """The saved baseline of each test file (an empty dict without one)."""
         path = None if self.folder is None else self.folder / "baseline.json"
         if path is None or not path.exists():
-            return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data["secs"], {f: {int(n): set(t) for n, t in lines.items()} for f, lines in data["lines"].items()}
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8")).get("files", {})
+        return {f: FileBaseline(b["sha"], b["secs"], b["durations"],
+                                {lib: {int(n): set(t) for n, t in ls.items()} for lib, ls in b["lines"].items()})
+                for f, b in data.items()}
 
-    def save_baseline(self, secs: dict[str, float], lines: dict[str, dict[int, set[str]]]) -> None:
+    def save_baseline(self, files: dict[str, FileBaseline]) -> None:
         if self.folder is not None:
-            data = {"secs": secs, "lines": {f: {n: sorted(t) for n, t in ls.items()} for f, ls in lines.items()}}
+            data = {f: {**asdict(b), "lines": {lib: {n: sorted(t) for n, t in ls.items()} for lib, ls in b.lines.items()}}
+                    for f, b in files.items()}
             tmp = self.folder / "baseline.json.tmp"
-            tmp.write_text(json.dumps(data), encoding="utf-8")
+            tmp.write_text(json.dumps({"files": data}), encoding="utf-8")
             os.replace(tmp, self.folder / "baseline.json")
 
     def record(self, name: str, result: Result) -> None:

@@ -12,13 +12,15 @@ one copy per job, and mutants are written there. A mutant's tests are those of t
 through any chain of imports (a test driving app/main.py through AppTest reaches what the script imports), narrowed to
 the tests that execute the mutated line (``covermap.py``: the baseline runs under coverage with per-test contexts); a
 line run only at import or in a fixture gets the tests that run any line of its module, and a line no test runs
-in-process keeps the whole files. ``pytest -x``, fastest file
-first, in a child forked from this process once it has imported torch, numpy, pytest and streamlit (``--no-fork``: a
+in-process keeps the whole files (``testmap.py`` maps files to modules). ``pytest -x``, quickest test first (the
+baseline times each), in a child forked from this process once it has imported torch, numpy, pytest and streamlit (``--no-fork``: a
 fresh interpreter per run). Killed: a test fails or collection breaks, or the run times out (counted apart); pytest's
 usage and no-test errors are reported, not counted as kills. A narrowed kill whose failing tests also fail alone on
 the unmutated code is redone on the whole files. The unmutated tests run first, per file, timed and covered; if one
 fails, nothing else runs. Default timeout per mutant: 3x the baseline time of its test files + 30 s. ``--state DIR``
-(outside the repository) keeps the baseline and every result as it ends, so the same command resumes a stopped run.
+(outside the repository) keeps the baseline and every result as it ends, so the same command resumes a stopped run;
+after tests are added (for survivors), it keeps the kills, redoes the baseline of the changed test files only and
+runs the other mutants again (``journal.py``). A change to the library needs a new ``--state``.
 
     OMP_NUM_THREADS=1 nice -n 15 python bench/mutation.py --modules allconv/preprocess.py --max-mutants 20
     OMP_NUM_THREADS=1 python bench/mutation.py --jobs 2 --state /tmp/mutation   # every module; rerun to resume
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import random
 import shutil
@@ -47,113 +50,20 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from covermap import LineTests, failed_nodes, run_pytest  # noqa: E402  (bench/ is not a package)
-from journal import Journal, Result, fingerprint, key  # noqa: E402
+from covermap import LineTests, failed_nodes, read_lines, run_pytest  # noqa: E402  (bench/ is not a package)
+from journal import FileBaseline, Journal, Result, fingerprint, key, suite_file_sha  # noqa: E402
 from mutants import Mutant, mutants  # noqa: E402
+from testmap import test_map  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("allconv/preprocess.py", "allconv/checkpoint.py", "allconv/models.py", "allconv/train.py",
            "allconv/config.py::lr_at", "allconv/data.py", "vis/modes.py", "vis/reconstruct.py", "vis/receptive.py",
            "vis/figure2.py", "app/sidebar.py", "app/config.py", "app/main.py", "app/allow.py",
            "vis/backward.py", "vis/cone.py", "vis/scan.py")  # issue 15's list first, then the rest of the vis core
-EXCLUDED_TESTS = {"tests/test_app_browser.py",  # needs Chromium
-                  "tests/test_vis_prefilter.py"}  # 4 min (bf16 vs fp32 scans of CIFAR-10), for every import-time line
-SCRIPT_TESTS = {"AppTest.from_file": "app.main"}  # text in a test file -> the script it runs in-process
 LIBRARY = ("allconv", "vis", "app")
 PRELOAD = ("numpy", "torch", "torchvision", "PIL.Image", "safetensors.torch", "matplotlib", "pytest", "streamlit",
            "streamlit.testing.v1")
 Plan = list[tuple[str, list["Mutant"], list[str]]]  # (module spec, its mutants, its test files)
-
-
-class Imports:
-    """The library modules a file reaches through its imports: directly or through re-exports."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.trees = root, {}
-
-    def file(self, mod: str) -> Path | None:
-        base = self.root / mod.replace(".", "/")
-        return next((p for p in (Path(f"{base}.py"), base / "__init__.py") if p.is_file()), None)
-
-    def tree(self, mod: str) -> ast.Module:
-        if mod not in self.trees:
-            self.trees[mod] = ast.parse(self.file(mod).read_text(encoding="utf-8"))
-        return self.trees[mod]
-
-    def base(self, here: str, node: ast.ImportFrom) -> str:
-        """The absolute module an ``ImportFrom`` in module ``here`` imports from."""
-        if not node.level:
-            return node.module or ""
-        parts = here.split(".")[:None if self.file(here).name == "__init__.py" else -1]
-        return ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
-
-    def origin(self, pkg: str, name: str, depth: int = 0) -> str:
-        """Where ``pkg``'s attribute ``name`` comes from: a submodule, a re-exported module's name, or ``pkg``."""
-        if self.file(f"{pkg}.{name}"):
-            return f"{pkg}.{name}"
-        for node in self.tree(pkg).body:
-            if isinstance(node, ast.ImportFrom) and depth < 5 and self.file(base := self.base(pkg, node)):
-                for a in node.names:
-                    if (a.asname or a.name) == name:
-                        return self.origin(base, a.name, depth + 1)
-        return pkg
-
-    def exported(self, mod: str) -> set[str]:
-        """``mod`` and the modules whose names it re-exports in ``__all__``."""
-        names = [c.value for n in self.tree(mod).body if isinstance(n, ast.Assign) and "__all__" in ast.unparse(n)
-                 for c in ast.walk(n.value) if isinstance(c, ast.Constant)]
-        return {mod} | {self.origin(mod, n) for n in names}
-
-    def closure(self, tree: ast.AST, here: str = "") -> set[str]:
-        """Every library module ``tree`` reaches, directly or through the modules it imports."""
-        out, todo = set(), self.reached(tree, here)
-        while todo:
-            mod = todo.pop()
-            out.add(mod)
-            todo |= self.reached(self.tree(mod), mod) - out
-        return out
-
-    def reached(self, tree: ast.AST, here: str = "") -> set[str]:
-        out = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                out |= {m for a in node.names if self.file(a.name) for m in self.exported(a.name)}
-            elif isinstance(node, ast.ImportFrom) and self.file(base := self.base(here, node)):
-                for a in node.names:
-                    o = self.origin(base, a.name)
-                    out |= {base} | (self.exported(o) if o == f"{base}.{a.name}" else {o})
-        return out
-
-
-def test_map(root: Path) -> dict[str, set[str]]:
-    """Test file -> the library modules it reaches (through any chain of imports)."""
-    imports, out = Imports(root), {}
-    for f in sorted((root / "tests").glob("test_*.py")):
-        rel = f.relative_to(root).as_posix()
-        if rel not in EXCLUDED_TESTS:
-            out[rel] = set()
-            for text in with_helpers(f):
-                out[rel] |= imports.closure(ast.parse(text))
-                for script in (s for marker, s in SCRIPT_TESTS.items() if marker in text):
-                    out[rel] |= {script} | imports.closure(imports.tree(script), script)
-    return out
-
-
-def with_helpers(test: Path) -> list[str]:
-    """The text of ``test`` and of the helper modules beside it that it imports (``from appkit import ...``), so a
-    test reaches what its helpers reach."""
-    texts, todo, seen = [], [test], set()
-    while todo:
-        f = todo.pop()
-        if f in seen:
-            continue
-        seen.add(f)
-        texts.append(text := f.read_text(encoding="utf-8"))
-        for node in ast.walk(ast.parse(text)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-            todo += [h for n in names if (h := test.parent / f"{n}.py").is_file()]
-    return texts
 
 
 def snapshot(root: Path, dest: Path) -> None:
@@ -314,29 +224,32 @@ def report(plan: Plan, outcome: dict[Mutant, str], root: Path) -> None:
 
 def baseline(files: list[str], copies: list[Path], args: argparse.Namespace,
              journal: Journal) -> tuple[dict[str, float], LineTests]:
-    """Each test file alone, timed, under coverage unless ``--no-coverage`` (or as the journal recorded it); raises
-    SystemExit if one fails."""
-    lines = LineTests()
-    if (saved := journal.baseline()) and set(files) <= set(saved[0]):
-        lines.lines = saved[1]
-        return saved[0], lines
-    if args.summary:
-        raise SystemExit("--summary needs a --state folder holding this run's baseline")
+    """Each test file alone, timed, under coverage unless ``--no-coverage``: only the files the journal has no
+    baseline of at their current contents. Raises SystemExit if one fails."""
+    shas = {f: suite_file_sha(copies[0], f) for f in files}
+    saved = {f: b for f, b in journal.baseline().items() if f in shas and b.sha == shas[f]}
+    todo = [f for f in files if f not in saved]
+    if todo and args.summary:
+        raise SystemExit(f"--summary needs a --state folder holding this run's baseline (none of {', '.join(todo)})")
     logs = copies[0].parent / "logs"
-    cov = {f: None if args.no_coverage else logs / f"{Path(f).stem}.cov" for f in files}
-    base = run([Task(None, [f], 3600, cov[f]) for f in files], copies, not args.no_fork)
+    cov = {f: None if args.no_coverage else logs / f"{Path(f).stem}.cov" for f in todo}
+    base = run([Task(None, [f], 3600, cov[f]) for f in todo], copies, not args.no_fork)
     for i in (i for i, r in enumerate(base) if r.out != "passed"):
-        print(f"baseline {base[i].out}: {files[i]}\n{(logs / f'{i}.log').read_text(errors='replace')[-3000:]}",
+        print(f"baseline {base[i].out}: {todo[i]}\n{(logs / f'{i}.log').read_text(errors='replace')[-3000:]}",
               file=sys.stderr)
     if any(r.out != "passed" for r in base):
         raise SystemExit("the unmutated tests must pass: stopping")
-    secs = {f: r.secs for f, r in zip(files, base)}
-    print("baseline: " + ", ".join(f"{f} {s:.1f}s" for f, s in secs.items()), file=sys.stderr)
-    for f in files:
-        if cov[f]:
-            lines.add(cov[f], copies, f)
-    journal.save_baseline(secs, lines.lines)
-    return secs, lines
+    for f, r in zip(todo, base):
+        c = cov[f]
+        saved[f] = FileBaseline(shas[f], r.secs, json.loads(Path(f"{c}.secs.json").read_text()) if c else {},
+                                read_lines(c, copies, f) if c else {})
+    if todo:
+        print("baseline: " + ", ".join(f"{f} {saved[f].secs:.1f}s" for f in todo), file=sys.stderr)
+        journal.save_baseline({**journal.baseline(), **saved})
+    lines = LineTests()
+    for b in saved.values():
+        lines.add(b.lines, b.durations)
+    return {f: b.secs for f, b in saved.items()}, lines
 
 
 def lone_failures(tasks: list[Task], results: list[Result], copies: list[Path], secs: dict[str, float],
@@ -385,7 +298,7 @@ def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: J
     tasks = []
     for m, whole in files.items():
         narrow = lines.tests(m)
-        tests = whole if narrow is None else sorted(narrow, key=lambda n: (secs[n.split("::")[0]], n))
+        tests = whole if narrow is None else sorted(narrow, key=lambda n: (lines.secs.get(n, secs[n.split("::")[0]]), n))
         tasks.append(Task(m, tests, limit(tests)))
     print(f"{sum('::' in t.tests[0] for t in tasks)} of {len(tasks)} mutants run only the tests that cover them",
           file=sys.stderr)
@@ -434,7 +347,10 @@ def main(argv: list[str] | None = None) -> int:
             mod = spec.split("::")[0].removesuffix(".py").replace("/", ".").removesuffix(".__init__")
             plan.append((spec, found, args.tests or sorted(t for t, mods in tmap.items() if mod in mods)))
         if not args.list:
-            return execute(plan, copies, args, Journal(args.state, fingerprint(copies[0])))
+            journal = Journal(args.state, fingerprint(copies[0], LIBRARY), fingerprint(copies[0], ("tests",)))
+            if journal.kept:
+                print(f"the tests changed: {journal.kept} kills kept, the other mutants run again", file=sys.stderr)
+            return execute(plan, copies, args, journal)
         for spec, found, tests in plan:
             print(f"== {spec}: {len(found)} mutants; tests: {' '.join(tests) or 'NONE'}")
             print("\n".join(f"  {m}" for m in found))

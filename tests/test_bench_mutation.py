@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from covermap import LineTests, _node, failed_nodes, collected_names  # noqa: E402
-from journal import Journal, Result, fingerprint, key  # noqa: E402
+from covermap import Durations, LineTests, _node, failed_nodes, collected_names  # noqa: E402
+from journal import FileBaseline, Journal, Result, fingerprint, key, suite_file_sha  # noqa: E402
 from mutants import Mutant  # noqa: E402
-from mutation import test_map as modules_reached  # noqa: E402
+from testmap import test_map as modules_reached  # noqa: E402
 
 TEST_FILE = '''
 def test_a(): pass
@@ -51,26 +51,40 @@ def test_failed_nodes_read_from_a_quiet_log() -> None:
     assert failed_nodes(log) == {"tests/test_x.py::test_a", "tests/test_x.py::TestB::test_c"}
 
 
-def test_journal_resumes_and_refuses_another_tree(tmp_path: Path) -> None:
+def test_journal_resumes_keeps_kills_when_tests_change_and_refuses_another_library(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "a.py").write_text("x = 1\n")
-    sha = fingerprint(tree)
-    m = Mutant("a.py", 1, 4, 5, "1", "2", "number")
-    j = Journal(tmp_path / "state", sha)
-    j.save_baseline({"tests/t.py": 1.5}, {"a.py": {1: {"tests/t.py::test_a"}}})
-    j.record(key(m), Result("failed", 2.0, ["tests/t.py::test_a"]))
+    (tree / "lib").mkdir(parents=True)
+    (tree / "tests").mkdir()
+    (tree / "lib" / "a.py").write_text("x = 1\n")
+    (tree / "tests" / "test_a.py").write_text("def test_a(): pass\n")
+    lib, tests = fingerprint(tree, ("lib",)), fingerprint(tree, ("tests",))
+    killed, survived = (Mutant("lib/a.py", 1, 4, 5, "1", n, "number") for n in ("2", "0"))
+    j = Journal(tmp_path / "state", lib, tests)
+    base = FileBaseline(suite_file_sha(tree, "tests/test_a.py"), 1.5, {"tests/test_a.py::test_a": 0.2},
+                        {"lib/a.py": {1: {"tests/test_a.py::test_a"}}})
+    j.save_baseline({"tests/test_a.py": base})
+    j.record(key(killed), Result("failed", 2.0, ["tests/test_a.py::test_a"]))
+    j.record(key(survived), Result("passed", 3.0))
     with open(tmp_path / "state" / "results.jsonl", "a") as f:
-        f.write('{"key": "a.py:0:1:cut sh')  # a kill mid-write leaves half a line
-    again = Journal(tmp_path / "state", sha)
-    assert again.results == {key(m): Result("failed", 2.0, ["tests/t.py::test_a"])}
-    assert again.baseline() == ({"tests/t.py": 1.5}, {"a.py": {1: {"tests/t.py::test_a"}}})
-    assert key(m, redo=True) not in again.results
-    again.record(key(m, redo=True), Result("passed", 9.0))
-    assert Journal(tmp_path / "state", sha).results[key(m, redo=True)] == Result("passed", 9.0)
-    (tree / "a.py").write_text("x = 2\n")
-    with pytest.raises(SystemExit, match="another tree"):
-        Journal(tmp_path / "state", fingerprint(tree))
+        f.write('{"key": "lib/a.py:0:1:cut sh')  # a kill mid-write leaves half a line
+    again = Journal(tmp_path / "state", lib, tests)
+    assert again.results == {key(killed): Result("failed", 2.0, ["tests/test_a.py::test_a"]),
+                             key(survived): Result("passed", 3.0)} and again.kept == 0
+    assert again.baseline() == {"tests/test_a.py": base}
+    again.record(key(killed, redo=True), Result("passed", 9.0))
+    assert Journal(tmp_path / "state", lib, tests).results[key(killed, redo=True)] == Result("passed", 9.0)
+
+    (tree / "tests" / "test_a.py").write_text("def test_a(): assert False\n")  # a test added for the survivor
+    changed = Journal(tmp_path / "state", lib, fingerprint(tree, ("tests",)))
+    assert changed.results == {key(killed): Result("failed", 2.0, ["tests/test_a.py::test_a"])} and changed.kept == 1
+    assert suite_file_sha(tree, "tests/test_a.py") != base.sha  # so its baseline is redone
+    assert Journal(tmp_path / "state", lib, fingerprint(tree, ("tests",))).results == changed.results  # written back
+    before = suite_file_sha(tree, "tests/test_a.py")
+    (tree / "tests" / "conftest.py").write_text("import pytest\n")  # a helper the test file runs with
+    assert suite_file_sha(tree, "tests/test_a.py") != before
+    (tree / "lib" / "a.py").write_text("x = 2\n")
+    with pytest.raises(SystemExit, match="another library"):
+        Journal(tmp_path / "state", fingerprint(tree, ("lib",)), tests)
 
 
 def test_a_test_reaches_what_its_helper_module_reaches(tmp_path: Path) -> None:
@@ -83,3 +97,18 @@ def test_a_test_reaches_what_its_helper_module_reaches(tmp_path: Path) -> None:
     reached = modules_reached(tmp_path)
     assert reached["tests/test_ui.py"] == {"allconv", "allconv.data", "app", "app.main", "app.sidebar"}
     assert reached["tests/test_plain.py"] == set()
+
+
+def test_baseline_times_each_test_with_its_cases_summed(tmp_path: Path) -> None:
+    (tmp_path / "test_t.py").write_text("import pytest, time\n"
+                                        "@pytest.mark.parametrize('s', [0.05, 0.05])\n"
+                                        "def test_slow(s): time.sleep(s)\n"
+                                        "def test_quick(): pass\n")
+    timer = Durations()
+    assert pytest.main([str(tmp_path / "test_t.py"), "-q", "-p", "no:cacheprovider"], plugins=[timer]) == 0
+    slow, quick = (next(v for k, v in timer.secs.items() if k.endswith(f"::test_{n}")) for n in ("slow", "quick"))
+    assert len(timer.secs) == 2 and slow >= 0.1 and quick >= 0  # both cases of test_slow (2 x 50 ms), one node id
+    lines = LineTests()
+    lines.add({"m.py": {3: {"t.py::a"}}}, {"t.py::a": 0.5})
+    lines.add({"m.py": {3: {"t.py::b"}, 4: {"t.py::b"}}}, {"t.py::b": 0.1})
+    assert lines.lines == {"m.py": {3: {"t.py::a", "t.py::b"}, 4: {"t.py::b"}}} and lines.secs["t.py::b"] == 0.1
