@@ -1,12 +1,11 @@
 """A mutation run's saved state (``bench/mutation.py --state DIR``), so a run of hours can stop at any moment and go on,
-and go on after tests are added (the way its survivors get killed).
+and go on after the code or the tests change (tests added for its survivors, a fix elsewhere).
 
-The folder holds the library's fingerprint (every file of its packages, path and bytes), each test file's baseline
-(its time, each test's time, and which of its tests run each library line, under the file's own fingerprint) and one
-JSON line per finished mutant, appended and flushed as it ends. A run over the same library skips what is recorded; a
-folder made from another library is refused, since a mutant's position would name other code. When the tests
-changed, kills are kept (a test added does not revive a mutant) and the rest are run again, on a baseline redone for
-the changed test files only.
+The folder holds the tree's fingerprint (the library's and the tests' files, path and bytes), each test file's
+baseline (its time, each test's time, and which of its tests run each library line, under the file's own fingerprint)
+and one JSON line per finished mutant, appended and flushed as it ends. A mutant's key names its module's contents, so
+a changed module's mutants are new ones. When anything else changed, kills are kept (a test added does not revive a
+mutant) and the rest run again, on a baseline redone for the changed test files only.
 """
 
 from __future__ import annotations
@@ -56,22 +55,20 @@ def suite_file_sha(tree: Path, test_file: str) -> str:
     return h.hexdigest()
 
 
-def key(m: Mutant, redo: bool = False) -> str:
-    return f"{'redo ' if redo else ''}{m.path}:{m.start}:{m.end}:{m.new}"
+def key(m: Mutant, source: str, redo: bool = False) -> str:
+    """A result's name: the mutant, in its module's unmutated ``source`` (so an edit elsewhere in it counts)."""
+    sha = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return f"{'redo ' if redo else ''}{m.path}@{sha}:{m.start}:{m.end}:{m.new}"
 
 
 class Journal:
     """The state folder, or nothing at all (``folder=None``: a run that keeps nothing)."""
 
-    def __init__(self, folder: Path | None, library: str, tests: str = "") -> None:
+    def __init__(self, folder: Path | None, tree: str) -> None:
         self.folder, self.results, self.kept = folder, {}, 0
         if folder is None:
             return
         folder.mkdir(parents=True, exist_ok=True)
-        mark = folder / "tree.sha256"
-        if mark.exists() and mark.read_text().strip() != library:
-            raise SystemExit(f"{folder} holds a run of another library (its code changed): pass a new --state")
-        mark.write_text(library + "\n")
         log = folder / "results.jsonl"
         if log.exists():
             text = log.read_text(encoding="utf-8")
@@ -79,12 +76,12 @@ class Journal:
                 with open(log, "a", encoding="utf-8") as f:
                     f.write("\n")  # end the line a kill cut short, so the next result starts its own
             self._read(text)
-        seen = folder / "tests.sha256"
-        if seen.exists() and seen.read_text().strip() != tests and self.results:
+        seen = folder / "tree.sha256"
+        if seen.exists() and seen.read_text().strip() != tree and self.results:
             self.results = {k: r for k, r in self.results.items() if r.out == "failed" and not k.startswith("alone ")}
             self.kept = len(self.results)
             self._rewrite(log)
-        seen.write_text(tests + "\n")
+        seen.write_text(tree + "\n")
 
     def _read(self, text: str) -> None:
         for line in text.splitlines():

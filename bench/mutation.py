@@ -20,7 +20,7 @@ the unmutated code is redone on the whole files. The unmutated tests run first, 
 fails, nothing else runs. Default timeout per mutant: 3x the baseline time of its test files + 30 s. ``--state DIR``
 (outside the repository) keeps the baseline and every result as it ends, so the same command resumes a stopped run;
 after tests are added (for survivors), it keeps the kills, redoes the baseline of the changed test files only and
-runs the other mutants again (``journal.py``). A change to the library needs a new ``--state``.
+runs the other mutants again (``journal.py``); a changed module's mutants are new ones.
 
     OMP_NUM_THREADS=1 nice -n 15 python bench/mutation.py --modules allconv/preprocess.py --max-mutants 20
     OMP_NUM_THREADS=1 python bench/mutation.py --jobs 2 --state /tmp/mutation   # every module; rerun to resume
@@ -271,7 +271,8 @@ def run_journaled(tasks: list[Task], copies: list[Path], args: argparse.Namespac
                   redo: bool = False) -> list[Result]:
     """``run`` for the tasks the journal has no result of (none with ``--summary``: those stay ``""``, not run);
     every result recorded as it ends."""
-    keys = [key(t.mutant, redo) for t in tasks]
+    source = {t.mutant.path: (copies[0] / t.mutant.path).read_text(encoding="utf-8") for t in tasks if t.mutant}
+    keys = [key(t.mutant, source[t.mutant.path], redo) for t in tasks]
     todo = [i for i, k in enumerate(keys) if k not in journal.results]
     if len(todo) < len(tasks):
         print(f"{len(tasks) - len(todo)} of {len(tasks)} results from {args.state}", file=sys.stderr)
@@ -303,8 +304,9 @@ def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: J
     print(f"{sum('::' in t.tests[0] for t in tasks)} of {len(tasks)} mutants run only the tests that cover them",
           file=sys.stderr)
     results = run_journaled(tasks, copies, args, journal)
+    source = {m.path: (copies[0] / m.path).read_text(encoding="utf-8") for m in files}
     for i, t in enumerate(tasks):  # a kill already redone on the whole files (a stopped run's)
-        results[i] = journal.results.get(key(t.mutant, redo=True), results[i])
+        results[i] = journal.results.get(key(t.mutant, source[t.mutant.path], redo=True), results[i])
     if not args.summary and (redo := lone_failures(tasks, results, copies, secs, args, journal)):
         again = [Task(tasks[i].mutant, files[tasks[i].mutant], limit(files[tasks[i].mutant])) for i in redo]
         for i, r in zip(redo, run_journaled(again, copies, args, journal, redo=True)):
@@ -347,9 +349,10 @@ def main(argv: list[str] | None = None) -> int:
             mod = spec.split("::")[0].removesuffix(".py").replace("/", ".").removesuffix(".__init__")
             plan.append((spec, found, args.tests or sorted(t for t, mods in tmap.items() if mod in mods)))
         if not args.list:
-            journal = Journal(args.state, fingerprint(copies[0], LIBRARY), fingerprint(copies[0], ("tests",)))
+            journal = Journal(args.state, fingerprint(copies[0], (*LIBRARY, "tests")))
             if journal.kept:
-                print(f"the tests changed: {journal.kept} kills kept, the other mutants run again", file=sys.stderr)
+                print(f"the code or tests changed: {journal.kept} kills kept, the other mutants run again "
+                      "(a changed module's mutants are new)", file=sys.stderr)
             return execute(plan, copies, args, journal)
         for spec, found, tests in plan:
             print(f"== {spec}: {len(found)} mutants; tests: {' '.join(tests) or 'NONE'}")

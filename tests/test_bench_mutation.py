@@ -51,40 +51,41 @@ def test_failed_nodes_read_from_a_quiet_log() -> None:
     assert failed_nodes(log) == {"tests/test_x.py::test_a", "tests/test_x.py::TestB::test_c"}
 
 
-def test_journal_resumes_keeps_kills_when_tests_change_and_refuses_another_library(tmp_path: Path) -> None:
+def test_journal_resumes_and_keeps_only_kills_when_the_tree_changes(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "lib").mkdir(parents=True)
     (tree / "tests").mkdir()
     (tree / "lib" / "a.py").write_text("x = 1\n")
+    (tree / "lib" / "b.py").write_text("y = 1\n")
     (tree / "tests" / "test_a.py").write_text("def test_a(): pass\n")
-    lib, tests = fingerprint(tree, ("lib",)), fingerprint(tree, ("tests",))
+    sha = fingerprint(tree)
     killed, survived = (Mutant("lib/a.py", 1, 4, 5, "1", n, "number") for n in ("2", "0"))
-    j = Journal(tmp_path / "state", lib, tests)
+    other = Mutant("lib/b.py", 1, 4, 5, "1", "2", "number")
+    j = Journal(tmp_path / "state", sha)
     base = FileBaseline(suite_file_sha(tree, "tests/test_a.py"), 1.5, {"tests/test_a.py::test_a": 0.2},
                         {"lib/a.py": {1: {"tests/test_a.py::test_a"}}})
     j.save_baseline({"tests/test_a.py": base})
-    j.record(key(killed), Result("failed", 2.0, ["tests/test_a.py::test_a"]))
-    j.record(key(survived), Result("passed", 3.0))
+    a, b = "x = 1\n", "y = 1\n"
+    j.record(key(killed, a), Result("failed", 2.0, ["tests/test_a.py::test_a"]))
+    j.record(key(survived, a), Result("passed", 3.0))
+    j.record(key(other, b), Result("failed", 1.0))
     with open(tmp_path / "state" / "results.jsonl", "a") as f:
         f.write('{"key": "lib/a.py:0:1:cut sh')  # a kill mid-write leaves half a line
-    again = Journal(tmp_path / "state", lib, tests)
-    assert again.results == {key(killed): Result("failed", 2.0, ["tests/test_a.py::test_a"]),
-                             key(survived): Result("passed", 3.0)} and again.kept == 0
+    again = Journal(tmp_path / "state", sha)
+    assert len(again.results) == 3 and again.results[key(survived, a)] == Result("passed", 3.0) and again.kept == 0
     assert again.baseline() == {"tests/test_a.py": base}
-    again.record(key(killed, redo=True), Result("passed", 9.0))
-    assert Journal(tmp_path / "state", lib, tests).results[key(killed, redo=True)] == Result("passed", 9.0)
+    again.record(key(killed, a, redo=True), Result("passed", 9.0))
+    assert Journal(tmp_path / "state", sha).results[key(killed, a, redo=True)] == Result("passed", 9.0)
 
     (tree / "tests" / "test_a.py").write_text("def test_a(): assert False\n")  # a test added for the survivor
-    changed = Journal(tmp_path / "state", lib, fingerprint(tree, ("tests",)))
-    assert changed.results == {key(killed): Result("failed", 2.0, ["tests/test_a.py::test_a"])} and changed.kept == 1
+    changed = Journal(tmp_path / "state", fingerprint(tree))
+    assert set(changed.results) == {key(killed, a), key(other, b)} and changed.kept == 2  # survivors run again
     assert suite_file_sha(tree, "tests/test_a.py") != base.sha  # so its baseline is redone
-    assert Journal(tmp_path / "state", lib, fingerprint(tree, ("tests",))).results == changed.results  # written back
+    assert Journal(tmp_path / "state", fingerprint(tree)).results == changed.results  # written back
+    assert key(killed, "x = 1  # edited\n") not in changed.results  # an edited module's mutants are new
     before = suite_file_sha(tree, "tests/test_a.py")
     (tree / "tests" / "conftest.py").write_text("import pytest\n")  # a helper the test file runs with
     assert suite_file_sha(tree, "tests/test_a.py") != before
-    (tree / "lib" / "a.py").write_text("x = 2\n")
-    with pytest.raises(SystemExit, match="another library"):
-        Journal(tmp_path / "state", fingerprint(tree, ("lib",)), tests)
 
 
 def test_a_test_reaches_what_its_helper_module_reaches(tmp_path: Path) -> None:
