@@ -213,6 +213,14 @@ def test_named_dataset_download_without_network_is_one_line(tmp_path: Path, monk
 
 # --- preprocessing -------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("kind", ["standardize", "zca"])
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (3, 4, 4), (1, 1, 3, 4, 4)])
+def test_fitting_needs_a_non_empty_4d_batch(kind: str, shape: tuple[int, ...]) -> None:
+    with pytest.raises(AllconvError, match=r"^preprocessing needs a non-empty N x C x H x W image batch, got shape"):
+        Preprocess.fit(kind, torch.zeros(shape, dtype=torch.uint8))
+    assert Preprocess.fit(kind, torch.zeros((1, 3, 4, 4), dtype=torch.uint8)).kind == kind  # one image will do
+
+
 def test_standardized_training_images_have_zero_mean_unit_std_per_channel() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.stack([torch.randint(0, 40, (200, 8, 8), generator=g),  # dark, narrow

@@ -110,6 +110,7 @@ def test_lr_schedules() -> None:
     fast = T.TrainConfig(epochs=10, warmup=0.2, lr=1.0).resolved()
     assert [T.lr_at(fast, t) for t in (0, 1, 2, 6, 10)] == pytest.approx([0, 0.5, 1.0, 0.5, 0.0])
     assert fast.batchnorm and not T.TrainConfig(protocol="paper").resolved().batchnorm
+    assert T.lr_at(T.TrainConfig(epochs=10, warmup=0.0, lr=1.0).resolved(), 0) == 1.0  # no warm-up: the peak at once
 
 
 def _npz(path: Path, x: np.ndarray, y: np.ndarray) -> str:
