@@ -131,11 +131,11 @@ def run(url: str, pid: int, rounds: int) -> dict[str, dict[str, list]]:
             note("change image", "first", timed(page, image("+")))
         for step in ("-", "+") * rounds:
             note("change image", "revisit", timed(page, image(step)))
-        note("Layer view (first scan of the layer)", "first", timed(page, lambda: _view(page, "Layer"), "Figure 2 for"))
+        note("open the Layer view", "first", timed(page, lambda: _view(page, "Layer"), "Figure 2 for"))
         for view in ("Image", "Layer") * rounds:
             note("switch view", "revisit", timed(page, lambda v=view: _view(page, v)))
         for view in ("Filters", "Models", "Sanity"):
-            note("switch view", "first", timed(page, lambda v=view: _view(page, v)))
+            note(f"open the {view} view", "first", timed(page, lambda v=view: _view(page, v)))
         browser.close()
     return times
 
