@@ -14,6 +14,7 @@ import torch
 
 from app import cache, precompute, scans, sources
 from app.config import SCAN_TOP_K
+from app.lru import BoundedLRU
 from appkit import ok, run
 from vis import figure2
 
@@ -23,6 +24,7 @@ def warm(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setenv("ALLCONV_PRECOMPUTE", "1")
     monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path / "cache"))  # a cold disk cache for this test
     monkeypatch.setattr(precompute, "_JOBS", {})
+    monkeypatch.setattr(cache, "_SCANS", BoundedLRU(16, 1 << 26))  # no scan in memory from an earlier test either
     return env
 
 

@@ -14,8 +14,9 @@ import allconv.checkpoint
 from allconv.data import load as load_data
 from allconv.models import create
 from allconv.errors import AllconvError
-from app import compute, identity, precompute, scans, shipped, sources
+from app import cache, compute, identity, precompute, scans, shipped, sources
 from app.config import DEFAULT_SCAN_LIMIT
+from app.lru import BoundedLRU
 from appkit import ok, run
 from vis.maps import activations
 from vis.sources import checkpoint_source
@@ -53,6 +54,7 @@ def test_the_layer_view_opens_a_shipped_scan_without_scanning(env: dict[str, Pat
     monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path / "fresh"))  # a fresh clone: nothing in the app's own cache
     monkeypatch.setenv("ALLCONV_PRECOMPUTE", "1")
     monkeypatch.setattr(precompute, "_JOBS", {})
+    monkeypatch.setattr(cache, "_SCANS", BoundedLRU(16, 1 << 26))  # nor in memory
     computed: list[str] = []
     real = scans.compute
     monkeypatch.setattr(scans, "compute", lambda *a, **k: computed.append(a[3]) or real(*a, **k))
