@@ -19,8 +19,9 @@ FOLDER_FLAGS = {"--checkpoint-dir": "ALLCONV_CHECKPOINT_DIR", "--data-root": "AL
 
 
 def command(argv: Sequence[str]) -> list[str]:
-    """The ``streamlit run`` command line: our defaults, then the user's arguments (which win)."""
-    return [sys.executable, "-m", "streamlit", "run", str(MAIN), *DEFAULTS, *argv]
+    """The ``streamlit run`` command line, through ``app.serve`` (which prepares first): our defaults, then the user's
+    arguments (which win)."""
+    return [sys.executable, "-m", "app.serve", "run", str(MAIN), *DEFAULTS, *argv]
 
 
 def folders(argv: Sequence[str], environ: dict[str, str]) -> tuple[list[str], dict[str, str]]:
@@ -63,7 +64,7 @@ def _absolute(item: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Replace this process with ``streamlit run app/main.py ...``."""
+    """Replace this process with ``python -m app.serve run app/main.py ...`` (Streamlit's ``streamlit run``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["-h"], ["--help"]):
         print(__doc__.strip())

@@ -8,7 +8,8 @@ and every image is loaded), first visits and revisits apart, and the server's me
 Goals (issue 13): a first visit <= 2 s, a revisit <= 300 ms. The Layer view's first scan of a layer is reported on
 its own line (it scans the split once, then is cached on disk for every later visit and session). Needs Chromium
 (/usr/bin/chromium) and the playwright package, as the browser test does; the app's caches go to a temp dir, so every
-first visit is a real first visit.
+first visit is a real first visit. The server's start (until it answers: ``allconv-app`` prepares first, see
+``app.serve``) has its own row; the first page load is timed from then, as a visitor who came at once.
 """
 
 from __future__ import annotations
@@ -153,11 +154,12 @@ def main() -> None:
         env = {**os.environ, "ALLCONV_CHECKPOINT": args.checkpoint, "ALLCONV_CACHE": tmp,
                "ALLCONV_DATA": args.data or str(find_offline_cifar10()), "ALLCONV_SCAN_LIMIT": str(args.scan_limit)}
         port = _free_port()
-        cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"), "--server.port", str(port),
-               "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+        cmd = [sys.executable, "-m", "app.cli", "--server.port", str(port)]  # allconv-app, as a user starts it
+        t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             _wait_healthy(f"http://localhost:{port}", proc)
+            up_ms = 1000 * (time.perf_counter() - t0)
             start = rss_mb(proc.pid)[0]
             times = run(f"http://localhost:{port}", proc.pid, args.rounds)
             time.sleep(5)
@@ -168,6 +170,7 @@ def main() -> None:
     print(f"app in Chromium: {args.checkpoint}, scan limit {args.scan_limit}, {os.cpu_count()} CPUs; ms from the "
           "click until the page is idle with its images loaded\n")
     print("| interaction | first visit median / max ms | revisit median / max ms |\n|---|---:|---:|")
+    print(f"| start the server (allconv-app until it answers) | {up_ms:,.0f} (n=1) | - |")
     for kind, t in times.items():
         cell = lambda xs: f"{statistics.median(xs):,.0f} / {max(xs):,.0f} (n={len(xs)})" if xs else "-"  # noqa
         print(f"| {kind} | {cell(t['first'])} | {cell(t['revisit'])} |")

@@ -208,7 +208,28 @@ def test_models_view_table3_and_curves(env: dict[str, Path]) -> None:
     assert df.set_index("model").loc["all-cnn-c", "paper error %"] == 9.08
     assert [s.value for s in at.subheader] == ["Table 3: CIFAR-10 test error without augmentation",
                                                "Training curves"]
-    assert any("all-cnn-c** on cifar10" in m.value for m in at.markdown)
+    assert at.multiselect(key="curves").value == ["ckpts/tiny.safetensors"]  # the sidebar's checkpoint, at first
+    assert [m.value for m in at.markdown] == ["**all-cnn-c** on cifar10, 5 epochs (ckpts/tiny.safetensors)"]
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert len(specs) == 3  # the Table 3 bars, then one accuracy and one loss chart for every chosen net together
+    at.multiselect(key="curves").set_value([]).run()
+    assert len(ok(at).get("vega_lite_chart")) == 1 and not at.markdown
+
+
+def test_training_curves_draw_every_chosen_net_in_one_chart() -> None:
+    from app.views.models import curves
+
+    def history(acc: float) -> list[dict]:
+        return [{"epoch": e, "train_loss": 1 / e, "train_acc": acc * e, "val_acc": acc, "test_acc": None}
+                for e in (1, 2)]
+
+    metas = [("a", {}, history(0.1)), ("b", {}, history(0.2)), ("checkpoints/c.safetensors", {}, history(0.3)),
+             ("d", {}, [])]
+    acc, loss = curves(metas, ["a", "checkpoints/c.safetensors", "d"])  # legends name c by its short name
+    assert sorted(set(acc["curve"])) == ["a train", "a val", "c train", "c val"]  # no test curve: never measured
+    assert acc.set_index(["curve", "epoch"]).loc[("c train", 2), "accuracy"] == pytest.approx(0.6)
+    assert sorted(set(loss["curve"])) == ["a", "c"] and loss["train loss"].tolist() == [1.0, 0.5, 1.0, 0.5]
+    assert all(len(t) == 0 for t in curves(metas, ["d"]))
 
 
 def test_table3_counts_only_cifar10_nets() -> None:

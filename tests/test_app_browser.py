@@ -1,4 +1,4 @@
-"""End to end in a real headless browser: start ``streamlit run app/main.py`` on a free localhost port with a tiny
+"""End to end in a real headless browser: start ``allconv-app`` (``python -m app.cli``) on a free localhost port with a tiny
 checkpoint and dataset, drive it with Playwright (Debian's /usr/bin/chromium, never ``playwright install``): switch
 layer and method, click a grid tile, upload an image, visit every view; check that images render, the URL follows the
 selection, and no exception box appears.
@@ -104,9 +104,7 @@ def app_url(tmp_path: Path) -> Iterator[str]:
     """The app, served on a free localhost port for the test, stopped after it."""
     _require_browser()
     port = _free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"), "--server.port", str(port),
-           "--server.headless", "true", "--server.address", "localhost", "--server.fileWatcherType", "none",
-           "--browser.gatherUsageStats", "false"]
+    cmd = [sys.executable, "-m", "app.cli", "--server.port", str(port)]  # allconv-app: prepares, then serves
     env = {**os.environ, **_assets(tmp_path)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -290,7 +290,7 @@ def test_cli_command_passes_args_through(monkeypatch: pytest.MonkeyPatch) -> Non
     from app import cli
 
     cmd = cli.command(["--server.port", "8999"])
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("app/main.py")
+    assert cmd[1:4] == ["-m", "app.serve", "run"] and cmd[4].endswith("app/main.py")
     assert cmd[cmd.index("--server.fileWatcherType") + 1] == "none" and cmd[-2:] == ["--server.port", "8999"]
     calls: list[list[str]] = []
     monkeypatch.setattr(cli.os, "execve", lambda exe, args, environ: calls.append(args))

@@ -415,3 +415,22 @@ def test_undo_inverts_the_network_input() -> None:
     flat = x.flatten(1).float()
     lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
     torch.testing.assert_close(zca.undo(zca(x)).flatten(1), (flat - lo) / (hi - lo), atol=2e-4, rtol=0)
+
+
+def test_undo_of_a_reconstruction_stays_displayable() -> None:
+    """A reconstruction (or any network input) outside the images' range still undoes to [0, 1], what imshow takes."""
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    std = Preprocess.fit("standardize", x)
+    shown = std.undo(torch.linspace(-50, 50, 3 * 8 * 8).view(1, 3, 8, 8))
+    assert shown.min() == 0 and shown.max() == 1
+
+
+@pytest.mark.parametrize("config, tensors", [
+    ({"kind": "whiten"}, {"mean": torch.zeros(1, 3, 1, 1), "std": torch.ones(1, 3, 1, 1)}),  # a kind we do not know
+    ({"kind": "standardize"}, {"mean": torch.zeros(1, 3, 1, 1)}),  # its std missing
+    ({"kind": "zca"}, {"mean": torch.zeros(1, 12), "eigval": torch.ones(12)}),  # its eigenvectors missing
+])
+def test_preprocessing_state_that_is_unknown_or_incomplete_is_one_line(config: dict, tensors: dict) -> None:
+    with pytest.raises(AllconvError, match=r"^checkpoint preprocessing '\w+' is incomplete or unknown; the file is "
+                                           r"damaged or from another version$"):
+        Preprocess.from_state(config, tensors)

@@ -12,7 +12,7 @@ from allconv.errors import AllconvError
 from allconv.models import names
 from allconv.paper import TABLE3_ERROR
 
-from .. import sources
+from .. import sources, zoo
 from ..sidebar import Selection
 
 ROW_PX = 35  # st.dataframe's row height: the table is sized to show all 12 nets without scrolling
@@ -65,14 +65,51 @@ def render(sel: Selection) -> None:
         st.info(sources.TRAIN_HINT)
         return
     st.subheader("Training curves")
+    labels = [label for label, _, history in metas if history]
+    current = _label(sel.stamp)
+    chosen = st.multiselect("Nets", labels, default=[current] if current in labels else labels[:1], key="curves",
+                            help="The checkpoints whose curves to draw; add some to compare them")
     for label, m, history in metas:
-        if not history:
+        if label in chosen:
+            st.markdown(f"**{m['model']}** on {m['data']}, {history[-1].get('epoch', len(history))} epochs ({label})")
+    acc, loss = curves(metas, chosen)
+    if len(acc):  # full width, one under the other: the legend below each names every line in full
+        st.line_chart(acc, x="epoch", y="accuracy", color="curve", x_label="epoch", y_label="accuracy", height=320)
+    if len(loss):
+        st.line_chart(loss, x="epoch", y="train loss", color="curve", x_label="epoch", y_label="train loss",
+                      height=320)
+
+
+def curves(metas: list[tuple[str, dict, list[dict]]], chosen: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The chosen checkpoints' histories as two long tables, one line per (net, curve): accuracy (train, val, test:
+    those recorded) and train loss. One chart each, however many nets: a chart per net was most of this view's time."""
+    acc, loss = [], []
+    for label, _, history in metas:
+        if label not in chosen or not history:
             continue
-        h = pd.DataFrame(history).set_index("epoch")
-        st.markdown(f"**{m['model']}** on {m['data']} ({label})")
-        acc = [c for c in ("train_acc", "val_acc", "test_acc") if c in h and h[c].notna().any()]
-        left, right = st.columns(2)
-        if acc:
-            left.line_chart(h[acc], x_label="epoch", y_label="accuracy")
-        if "train_loss" in h:
-            right.line_chart(h[["train_loss"]], x_label="epoch", y_label="train loss")
+        h = pd.DataFrame(history)
+        for col in ("train_acc", "val_acc", "test_acc", "train_loss"):
+            if col in h and h[col].notna().any():
+                part = h[["epoch", col]].dropna().rename(columns={col: "value"})
+                name = short(label)
+                part["curve"] = f"{name} {col.removesuffix('_acc')}" if col != "train_loss" else name
+                (loss if col == "train_loss" else acc).append(part)
+    return (_long(acc, "accuracy"), _long(loss, "train loss"))
+
+
+def short(label: str) -> str:
+    """A checkpoint's name in a legend: its label without the ``checkpoints/`` folder and ``.safetensors``."""
+    return label.removeprefix("checkpoints/").removesuffix(".safetensors")
+
+
+def _long(parts: list[pd.DataFrame], name: str) -> pd.DataFrame:
+    if not parts:
+        return pd.DataFrame(columns=["epoch", name, "curve"])
+    return pd.concat(parts, ignore_index=True).rename(columns={"value": name})
+
+
+def _label(stamp: str) -> str | None:
+    """The Models view's label of the sidebar's checkpoint (None for a torchvision model or none)."""
+    if not stamp or zoo.is_label(stamp):
+        return None
+    return sources.label(Path(stamp.rsplit(":", 2)[0]))

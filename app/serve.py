@@ -1,0 +1,68 @@
+"""The server process behind ``allconv-app``: prepare, then run Streamlit's own command line in this process.
+
+Preparing does what the first visitor's first page would otherwise wait for (about half of its 9.4 s on 2 cores,
+profiled): importing the app's libraries (torch, torchvision, pandas...) and decoding the default dataset into the
+array cache (``allconv.data``; a later start maps it in ms). It runs before the server starts, not beside it: two
+threads importing the same packages can deadlock on Python's import locks, and the first script run imports them.
+
+    python -m app.serve run app/main.py [streamlit options]   # what allconv-app runs
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import sys
+from typing import Iterator
+
+from . import config, memory
+
+VIEWS = ("app.views.filters", "app.views.image", "app.views.layer", "app.views.models", "app.views.sanity")
+# warns, for each st.cache_data defined before the server starts, that it checked the options against the in-memory
+# store; a call in the running server uses the server's store, as always
+CACHE_LOGGER = "streamlit.runtime.caching.cache_data_api"
+log = logging.getLogger("allconv.app")
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Only errors from logger ``name`` for the duration (a filter: Streamlit sets its loggers' levels itself)."""
+    logger = logging.getLogger(name)
+    errors_only = logging.Filter()
+    errors_only.filter = lambda record: record.levelno >= logging.ERROR  # type: ignore[method-assign]
+    logger.addFilter(errors_only)
+    try:
+        yield
+    finally:
+        logger.removeFilter(errors_only)
+
+
+def prepare() -> bool:
+    """Import every view (and so the libraries behind them) and decode the default dataset into the array cache;
+    True where the dataset loaded. A dataset that does not load is left for the first page to report, in one line."""
+    memory.map_large_blocks()  # before the dataset's big arrays, as app/main.py does before its first tensor
+    with _quiet(CACHE_LOGGER):
+        for name in VIEWS:
+            importlib.import_module(name)
+    from allconv.data import load
+
+    try:
+        load(config.data_source() or None)
+    except Exception as e:  # noqa: BLE001 - not the server's to refuse: the page names the problem and the fix
+        log.info("allconv-app: the default dataset did not load (%s); the first page will say why", type(e).__name__)
+        return False
+    return True
+
+
+def main() -> None:
+    """``python -m app.serve ARGS``: prepare, then ``streamlit ARGS``."""
+    prepare()
+    memory.trim()  # the decoded dataset is garbage now: its pages go back before the server starts
+    from streamlit.web.cli import main as streamlit
+
+    streamlit(prog_name="streamlit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

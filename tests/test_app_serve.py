@@ -1,0 +1,59 @@
+"""app.serve: ``allconv-app``'s server prepares what the first page needs before it answers, then is Streamlit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from allconv import data
+from allconv.data import load
+from app import serve
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_npz(path: Path) -> Path:
+    x = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    np.savez(path, x_train=x, y_train=np.arange(12) % 10, x_test=x[:4], y_test=np.arange(4))
+    return path
+
+
+def _entries(cache: Path) -> list[Path]:
+    return sorted(p for p in (cache / "arrays").glob("*") if (p / "meta.json").exists())
+
+
+def test_prepare_imports_every_view_and_caches_the_default_dataset(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLCONV_DATA", str(_tiny_npz(tmp_path / "tiny.npz")))
+    monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path / "cache"))
+    assert serve.prepare()
+    assert all(name in sys.modules for name in serve.VIEWS)
+    (entry,) = _entries(tmp_path / "cache")
+    assert {p.name for p in entry.iterdir()} >= {"x_train.npy", "x_test.npy", "meta.json"}
+    monkeypatch.setattr(data, "_from_npz", lambda path: pytest.fail("the page decoded the dataset again"))
+    assert load(str(tmp_path / "tiny.npz")).x_test.shape == (4, 3, 32, 32)  # the page's load: from the cache
+
+
+def test_a_dataset_that_does_not_load_is_left_for_the_page_to_report(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    monkeypatch.setenv("ALLCONV_DATA", str(tmp_path / "broken.npz"))
+    monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path / "cache"))
+    assert serve.prepare() is False
+    assert _entries(tmp_path / "cache") == []
+
+
+def test_the_server_command_prepares_then_is_streamlit(tmp_path: Path) -> None:
+    """``python -m app.serve ARGS`` is ``streamlit ARGS`` after preparing; no warning about the views' caches."""
+    env = {**os.environ, "ALLCONV_DATA": str(_tiny_npz(tmp_path / "tiny.npz")), "ALLCONV_CACHE": str(tmp_path / "c")}
+    out = subprocess.run([sys.executable, "-m", "app.serve", "version"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Streamlit, version" in out.stdout
+    assert "No runtime found" not in out.stderr and "WARNING" not in out.stderr
+    assert len(_entries(tmp_path / "c")) == 1
