@@ -1,9 +1,10 @@
 """The server process behind ``allconv-app``: prepare, then run Streamlit's own command line in this process.
 
-Preparing does what the first visitor's first page would otherwise wait for (about half of its 9.4 s on 2 cores,
-profiled): importing the app's libraries (torch, torchvision, pandas...) and decoding the default dataset into the
-array cache (``allconv.data``; a later start maps it in ms). It runs before the server starts, not beside it: two
-threads importing the same packages can deadlock on Python's import locks, and the first script run imports them.
+Preparing does what the first visitor's first page would otherwise wait for (over half of its 9.4 s on 2 cores,
+profiled): importing the app's libraries (torch, pandas... and what the views import on first use, by running their
+computations once: ``rehearse``) and decoding the default dataset into the array cache (``allconv.data``; a later
+start maps it in ms). It runs before the server starts, not beside it: two threads importing the same packages can
+deadlock on Python's import locks, and the first script run imports them.
 
     python -m app.serve run app/main.py [streamlit options]   # what allconv-app runs
 """
@@ -45,6 +46,7 @@ def prepare() -> bool:
     with _quiet(CACHE_LOGGER):
         for name in VIEWS:
             importlib.import_module(name)
+    rehearse()
     from allconv.data import load
 
     try:
@@ -55,9 +57,26 @@ def prepare() -> bool:
     return True
 
 
+def rehearse() -> None:
+    """The Image view's computations once, on a random All-CNN-C and a blank image: what they import on first use
+    (torchvision's ``make_grid``; ``autograd.grad``'s nested tensors, which import sympy; matplotlib's colormaps)
+    loads now. A second of imports the first page would pay, found by profiling it; the results are dropped."""
+    import torch
+
+    from allconv.models import create
+
+    from . import compute
+
+    model, image = create("all-cnn-c").eval(), torch.zeros(3, 32, 32, dtype=torch.uint8)
+    x = image[None].float()
+    compute.reconstruction_grid(model, x, "conv1", "guided", filters=range(2))
+    compute.filter_detail(model, x, image, "conv1", 0)
+
+
 def main() -> None:
     """``python -m app.serve ARGS``: prepare, then ``streamlit ARGS``."""
     prepare()
+    memory.freeze_libraries()  # so the first page's run does not collect (and freeze) every library's objects
     memory.trim()  # the decoded dataset is garbage now: its pages go back before the server starts
     from streamlit.web.cli import main as streamlit
 

@@ -39,6 +39,30 @@ def test_prepare_imports_every_view_and_caches_the_default_dataset(tmp_path: Pat
     assert load(str(tmp_path / "tiny.npz")).x_test.shape == (4, 3, 32, 32)  # the page's load: from the cache
 
 
+FIRST_PAGE = """
+import sys, torch
+from allconv.models import create
+from app import compute, serve
+serve.prepare()
+before = set(sys.modules)
+model, image = create("model-c").eval(), torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+x = image[None].float() / 255
+compute.reconstruction_grid(model, x, "conv6", "deconvnet", classes=[str(i) for i in range(10)])
+compute.filter_detail(model, x, image, "conv7", 3)
+print(sorted(set(sys.modules) - before))
+"""
+
+
+def test_after_preparing_the_image_views_computations_import_nothing(tmp_path: Path) -> None:
+    """The point of ``rehearse``: what the first page computes (another net, layer and method here) loads no module
+    the server has not loaded already (a fresh interpreter, so an earlier test's imports cannot hide one)."""
+    env = {**os.environ, "ALLCONV_DATA": str(_tiny_npz(tmp_path / "tiny.npz")), "ALLCONV_CACHE": str(tmp_path / "c")}
+    out = subprocess.run([sys.executable, "-c", FIRST_PAGE], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_a_dataset_that_does_not_load_is_left_for_the_page_to_report(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
