@@ -1,11 +1,12 @@
 """A mutation run's saved state (``bench/mutation.py --state DIR``), so a run of hours can stop at any moment and go on,
 and go on after the code or the tests change (tests added for its survivors, a fix elsewhere).
 
-The folder holds the tree's fingerprint (the library's and the tests' files, path and bytes), each test file's
-baseline (its time, each test's time, and which of its tests run each library line, under the file's own fingerprint)
-and one JSON line per finished mutant, appended and flushed as it ends. A mutant's key names its module's contents, so
-a changed module's mutants are new ones. When anything else changed, kills are kept (a test added does not revive a
-mutant) and the rest run again, on a baseline redone for the changed test files only.
+The folder holds each test file's baseline (its time, each test's time, and which of its tests run each library line,
+under the file's own fingerprint) and one JSON line per finished mutant, appended and flushed as it ends. A mutant's
+key names its module's contents, so a changed module's mutants are new ones. A kill stays a kill (a test added does not
+revive a mutant); any other result (a survivor, a timeout, a test run alone) holds while the test files it ran, and
+their helpers, are unchanged (``suite``): adding a test to one file reruns only the survivors that file's tests cover.
+Reading the folder never changes it (``--summary`` of a run in progress is safe).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Result:
     out: str  # passed | failed | timeout | error N
     secs: float
     failed: list[str] = field(default_factory=list)  # node ids the log lists as failed
+    suite: str = ""  # the fingerprint of the test files it ran (``suite_sha``): what a result other than a kill holds for
 
 
 @dataclass
@@ -38,14 +40,6 @@ class FileBaseline:
     lines: Lines = field(default_factory=dict)
 
 
-def fingerprint(tree: Path, parts: tuple[str, ...] = ("",)) -> str:
-    """sha256 of every file's path and bytes under ``tree``'s ``parts`` (symlinks not followed)."""
-    h = hashlib.sha256()
-    for path in sorted(p for part in parts for p in (tree / part).rglob("*") if p.is_file() and not p.is_symlink()):
-        h.update(path.relative_to(tree).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def suite_file_sha(tree: Path, test_file: str) -> str:
     """A test file's fingerprint: its bytes and those of its folder's helpers (conftest.py, appkit.py...)."""
     helpers = sorted(p for p in (tree / test_file).parent.glob("*.py") if not p.name.startswith("test_"))
@@ -55,6 +49,12 @@ def suite_file_sha(tree: Path, test_file: str) -> str:
     return h.hexdigest()
 
 
+def suite_sha(file_shas: dict[str, str], tests: list[str]) -> str:
+    """The fingerprint of the test files behind ``tests`` (files or node ids), from each file's ``suite_file_sha``."""
+    files = sorted({t.split("::")[0] for t in tests})
+    return hashlib.sha256("\0".join(f"{f}={file_shas[f]}" for f in files).encode()).hexdigest()[:16]
+
+
 def key(m: Mutant, source: str, redo: bool = False) -> str:
     """A result's name: the mutant, in its module's unmutated ``source`` (so an edit elsewhere in it counts)."""
     sha = hashlib.sha256(source.encode()).hexdigest()[:12]
@@ -62,26 +62,26 @@ def key(m: Mutant, source: str, redo: bool = False) -> str:
 
 
 class Journal:
-    """The state folder, or nothing at all (``folder=None``: a run that keeps nothing)."""
+    """The state folder, or nothing at all (``folder=None``: a run that keeps nothing); ``readonly``: read it only."""
 
-    def __init__(self, folder: Path | None, tree: str) -> None:
-        self.folder, self.results, self.kept = folder, {}, 0
+    def __init__(self, folder: Path | None, readonly: bool = False) -> None:
+        self.folder, self.results, self.readonly = folder, {}, readonly
         if folder is None:
             return
-        folder.mkdir(parents=True, exist_ok=True)
         log = folder / "results.jsonl"
+        if not readonly:
+            folder.mkdir(parents=True, exist_ok=True)
         if log.exists():
             text = log.read_text(encoding="utf-8")
-            if text and not text.endswith("\n"):
+            if text and not text.endswith("\n") and not readonly:
                 with open(log, "a", encoding="utf-8") as f:
                     f.write("\n")  # end the line a kill cut short, so the next result starts its own
             self._read(text)
-        seen = folder / "tree.sha256"
-        if seen.exists() and seen.read_text().strip() != tree and self.results:
-            self.results = {k: r for k, r in self.results.items() if r.out == "failed" and not k.startswith("alone ")}
-            self.kept = len(self.results)
-            self._rewrite(log)
-        seen.write_text(tree + "\n")
+
+    def get(self, name: str, suite: str) -> Result | None:
+        """The saved result of ``name`` if it still holds: a kill, or a result of these same test files."""
+        r = self.results.get(name)
+        return r if r is not None and (r.out == "failed" or r.suite == suite) else None
 
     def _read(self, text: str) -> None:
         for line in text.splitlines():
@@ -91,11 +91,6 @@ class Journal:
                 self.results[name] = Result(**entry)
             except (ValueError, TypeError, KeyError):
                 continue  # a line cut short by a kill: that mutant runs again
-
-    def _rewrite(self, log: Path) -> None:
-        tmp = log.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps({"key": k, **asdict(r)}) + "\n" for k, r in self.results.items()), "utf-8")
-        os.replace(tmp, log)
 
     def baseline(self) -> dict[str, FileBaseline]:
         """The saved baseline of each test file (an empty dict without one)."""
@@ -108,7 +103,7 @@ class Journal:
                 for f, b in data.items()}
 
     def save_baseline(self, files: dict[str, FileBaseline]) -> None:
-        if self.folder is not None:
+        if self.folder is not None and not self.readonly:
             data = {f: {**asdict(b), "lines": {lib: {n: sorted(t) for n, t in ls.items()} for lib, ls in b.lines.items()}}
                     for f, b in files.items()}
             tmp = self.folder / "baseline.json.tmp"
@@ -117,7 +112,7 @@ class Journal:
 
     def record(self, name: str, result: Result) -> None:
         self.results[name] = result
-        if self.folder is not None:
+        if self.folder is not None and not self.readonly:
             with open(self.folder / "results.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"key": name, **asdict(result)}) + "\n")
                 f.flush()

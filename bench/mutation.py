@@ -20,7 +20,8 @@ the unmutated code is redone on the whole files. The unmutated tests run first, 
 fails, nothing else runs. Default timeout per mutant: 3x the baseline time of its test files + 30 s. ``--state DIR``
 (outside the repository) keeps the baseline and every result as it ends, so the same command resumes a stopped run;
 after tests are added (for survivors), it keeps the kills, redoes the baseline of the changed test files only and
-runs the other mutants again (``journal.py``); a changed module's mutants are new ones.
+reruns only the survivors those files' tests cover (``journal.py``); a changed module's mutants are new ones.
+``--summary`` only reads the folder, so it is safe beside a running run.
 
     OMP_NUM_THREADS=1 nice -n 15 python bench/mutation.py --modules allconv/preprocess.py --max-mutants 20
     OMP_NUM_THREADS=1 python bench/mutation.py --jobs 2 --state /tmp/mutation   # every module; rerun to resume
@@ -45,13 +46,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from covermap import LineTests, failed_nodes, read_lines, run_pytest  # noqa: E402  (bench/ is not a package)
-from journal import FileBaseline, Journal, Result, fingerprint, key, suite_file_sha  # noqa: E402
+from journal import FileBaseline, Journal, Result, key, suite_file_sha, suite_sha  # noqa: E402
 from mutants import Mutant, mutants  # noqa: E402
 from testmap import test_map  # noqa: E402
 
@@ -258,9 +259,10 @@ def lone_failures(tasks: list[Task], results: list[Result], copies: list[Path], 
     the unmutated code (a test that leans on an earlier one). Each killing test is run alone once (journaled)."""
     killers = {i: set(r.failed) for i, r in enumerate(results) if r.out == "failed" and "::" in tasks[i].tests[0]}
     nodes = sorted(set().union(*killers.values()))
-    todo = [n for n in nodes if f"alone {n}" not in journal.results]
+    shas = file_shas(copies[0], nodes)
+    todo = [n for n in nodes if journal.get(f"alone {n}", suite_sha(shas, [n])) is None]
     run([Task(None, [n], 3 * secs[n.split("::")[0]] + 30) for n in todo], copies, not args.no_fork,
-        lambda j, r: journal.record(f"alone {todo[j]}", r))
+        lambda j, r: journal.record(f"alone {todo[j]}", replace(r, suite=suite_sha(shas, [todo[j]]))))
     lone = {n for n in nodes if journal.results[f"alone {n}"].out != "passed"}
     if lone:
         print(f"tests that fail alone, unmutated: {', '.join(sorted(lone))}", file=sys.stderr)
@@ -272,13 +274,21 @@ def run_journaled(tasks: list[Task], copies: list[Path], args: argparse.Namespac
     """``run`` for the tasks the journal has no result of (none with ``--summary``: those stay ``""``, not run);
     every result recorded as it ends."""
     source = {t.mutant.path: (copies[0] / t.mutant.path).read_text(encoding="utf-8") for t in tasks if t.mutant}
+    shas = file_shas(copies[0], [n for t in tasks for n in t.tests])
     keys = [key(t.mutant, source[t.mutant.path], redo) for t in tasks]
-    todo = [i for i, k in enumerate(keys) if k not in journal.results]
+    suites = [suite_sha(shas, t.tests) for t in tasks]
+    todo = [i for i, k in enumerate(keys) if journal.get(k, suites[i]) is None]
     if len(todo) < len(tasks):
         print(f"{len(tasks) - len(todo)} of {len(tasks)} results from {args.state}", file=sys.stderr)
     if not args.summary:
-        run([tasks[i] for i in todo], copies, not args.no_fork, lambda j, r: journal.record(keys[todo[j]], r))
-    return [journal.results.get(k, Result("", 0.0)) for k in keys]
+        run([tasks[i] for i in todo], copies, not args.no_fork,
+            lambda j, r: journal.record(keys[todo[j]], replace(r, suite=suites[todo[j]])))
+    return [journal.get(k, s) or Result("", 0.0) for k, s in zip(keys, suites)]
+
+
+def file_shas(tree: Path, tests: list[str]) -> dict[str, str]:
+    """``suite_file_sha`` of each test file behind ``tests`` (files or node ids)."""
+    return {f: suite_file_sha(tree, f) for f in {t.split("::")[0] for t in tests}}
 
 
 def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: Journal) -> int:
@@ -305,8 +315,10 @@ def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: J
           file=sys.stderr)
     results = run_journaled(tasks, copies, args, journal)
     source = {m.path: (copies[0] / m.path).read_text(encoding="utf-8") for m in files}
+    shas = file_shas(copies[0], [f for whole in files.values() for f in whole])
     for i, t in enumerate(tasks):  # a kill already redone on the whole files (a stopped run's)
-        results[i] = journal.results.get(key(t.mutant, source[t.mutant.path], redo=True), results[i])
+        redone = journal.get(key(t.mutant, source[t.mutant.path], redo=True), suite_sha(shas, files[t.mutant]))
+        results[i] = redone or results[i]
     if not args.summary and (redo := lone_failures(tasks, results, copies, secs, args, journal)):
         again = [Task(tasks[i].mutant, files[tasks[i].mutant], limit(files[tasks[i].mutant])) for i in redo]
         for i, r in zip(redo, run_journaled(again, copies, args, journal, redo=True)):
@@ -349,11 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             mod = spec.split("::")[0].removesuffix(".py").replace("/", ".").removesuffix(".__init__")
             plan.append((spec, found, args.tests or sorted(t for t, mods in tmap.items() if mod in mods)))
         if not args.list:
-            journal = Journal(args.state, fingerprint(copies[0], (*LIBRARY, "tests")))
-            if journal.kept:
-                print(f"the code or tests changed: {journal.kept} kills kept, the other mutants run again "
-                      "(a changed module's mutants are new)", file=sys.stderr)
-            return execute(plan, copies, args, journal)
+            return execute(plan, copies, args, Journal(args.state, readonly=args.summary))
         for spec, found, tests in plan:
             print(f"== {spec}: {len(found)} mutants; tests: {' '.join(tests) or 'NONE'}")
             print("\n".join(f"  {m}" for m in found))

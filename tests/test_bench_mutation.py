@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from covermap import Durations, LineTests, _node, failed_nodes, collected_names  # noqa: E402
-from journal import FileBaseline, Journal, Result, fingerprint, key, suite_file_sha  # noqa: E402
+from journal import FileBaseline, Journal, Result, key, suite_file_sha, suite_sha  # noqa: E402
 from mutants import Mutant  # noqa: E402
 from testmap import test_map as modules_reached  # noqa: E402
 
@@ -51,41 +51,54 @@ def test_failed_nodes_read_from_a_quiet_log() -> None:
     assert failed_nodes(log) == {"tests/test_x.py::test_a", "tests/test_x.py::TestB::test_c"}
 
 
-def test_journal_resumes_and_keeps_only_kills_when_the_tree_changes(tmp_path: Path) -> None:
+def test_journal_resumes_keeps_kills_and_survivors_of_unchanged_tests(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "lib").mkdir(parents=True)
     (tree / "tests").mkdir()
     (tree / "lib" / "a.py").write_text("x = 1\n")
     (tree / "lib" / "b.py").write_text("y = 1\n")
     (tree / "tests" / "test_a.py").write_text("def test_a(): pass\n")
-    sha = fingerprint(tree)
+    (tree / "tests" / "test_b.py").write_text("def test_b(): pass\n")
+
+    def suite(*tests: str) -> str:
+        return suite_sha({f: suite_file_sha(tree, f) for f in ("tests/test_a.py", "tests/test_b.py")}, list(tests))
+
     killed, survived = (Mutant("lib/a.py", 1, 4, 5, "1", n, "number") for n in ("2", "0"))
     other = Mutant("lib/b.py", 1, 4, 5, "1", "2", "number")
-    j = Journal(tmp_path / "state", sha)
+    j = Journal(tmp_path / "state")
     base = FileBaseline(suite_file_sha(tree, "tests/test_a.py"), 1.5, {"tests/test_a.py::test_a": 0.2},
                         {"lib/a.py": {1: {"tests/test_a.py::test_a"}}})
     j.save_baseline({"tests/test_a.py": base})
     a, b = "x = 1\n", "y = 1\n"
-    j.record(key(killed, a), Result("failed", 2.0, ["tests/test_a.py::test_a"]))
-    j.record(key(survived, a), Result("passed", 3.0))
-    j.record(key(other, b), Result("failed", 1.0))
+    s_a, s_b = suite("tests/test_a.py::test_a"), suite("tests/test_b.py")
+    j.record(key(killed, a), Result("failed", 2.0, ["tests/test_a.py::test_a"], s_a))
+    j.record(key(survived, a), Result("passed", 3.0, [], s_a))
+    j.record(key(other, b), Result("passed", 1.0, [], s_b))
     with open(tmp_path / "state" / "results.jsonl", "a") as f:
         f.write('{"key": "lib/a.py:0:1:cut sh')  # a kill mid-write leaves half a line
-    again = Journal(tmp_path / "state", sha)
-    assert len(again.results) == 3 and again.results[key(survived, a)] == Result("passed", 3.0) and again.kept == 0
+    again = Journal(tmp_path / "state")
+    assert len(again.results) == 3 and again.get(key(survived, a), s_a) == Result("passed", 3.0, [], s_a)
     assert again.baseline() == {"tests/test_a.py": base}
-    again.record(key(killed, a, redo=True), Result("passed", 9.0))
-    assert Journal(tmp_path / "state", sha).results[key(killed, a, redo=True)] == Result("passed", 9.0)
+    again.record(key(killed, a, redo=True), Result("passed", 9.0, [], s_a))
+    assert Journal(tmp_path / "state").get(key(killed, a, redo=True), s_a) == Result("passed", 9.0, [], s_a)
 
+    before = (tmp_path / "state" / "results.jsonl").read_bytes()
     (tree / "tests" / "test_a.py").write_text("def test_a(): assert False\n")  # a test added for the survivor
-    changed = Journal(tmp_path / "state", fingerprint(tree))
-    assert set(changed.results) == {key(killed, a), key(other, b)} and changed.kept == 2  # survivors run again
-    assert suite_file_sha(tree, "tests/test_a.py") != base.sha  # so its baseline is redone
-    assert Journal(tmp_path / "state", fingerprint(tree)).results == changed.results  # written back
-    assert key(killed, "x = 1  # edited\n") not in changed.results  # an edited module's mutants are new
+    read = Journal(tmp_path / "state", readonly=True)
+    new_a = suite("tests/test_a.py::test_a")
+    assert new_a != s_a and suite_file_sha(tree, "tests/test_a.py") != base.sha  # so its baseline is redone
+    assert read.get(key(killed, a), new_a) is not None  # a kill stays a kill
+    assert read.get(key(survived, a), new_a) is None  # a survivor of a changed test file runs again
+    assert read.get(key(other, b), suite("tests/test_b.py")) is not None  # one of unchanged test files does not
+    assert read.get(key(killed, "x = 1  # edited\n"), new_a) is None  # an edited module's mutants are new
+    read.record("x", Result("failed", 1.0))
+    read.save_baseline({})
+    assert (tmp_path / "state" / "results.jsonl").read_bytes() == before  # reading never writes
+    assert Journal(tmp_path / "state").baseline() == {"tests/test_a.py": base}
     before = suite_file_sha(tree, "tests/test_a.py")
     (tree / "tests" / "conftest.py").write_text("import pytest\n")  # a helper the test file runs with
     assert suite_file_sha(tree, "tests/test_a.py") != before
+    assert suite("tests/test_a.py") == suite("tests/test_a.py::test_a", "tests/test_a.py::test_b")  # files count
 
 
 def test_a_test_reaches_what_its_helper_module_reaches(tmp_path: Path) -> None:
