@@ -142,9 +142,11 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         head = f.read(512)
     # safetensors: an 8-byte little-endian header length N, then N bytes of JSON ("{..."). Not shaped like that and
     # recognizably something else -> say what; unrecognizable bytes fall through to "corrupt or truncated". (The
-    # shape is checked first: a header of 1408 bytes starts with 0x80, like a pickle, and one of 19280 with "PK".)
-    if head[8:9] != b"{" or int.from_bytes(head[:8], "little") > p.stat().st_size - 8:
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+    # shape is checked first: a header of 1408 bytes starts with 0x80, like a pickle, and one of 19280 with "PK"; a
+    # file with that shape whose header runs past its end is a truncated safetensors file, never a pickle.)
+    shaped = head[8:9] == b"{"
+    if not shaped or int.from_bytes(head[:8], "little") > p.stat().st_size - 8:
+        if not shaped and (head[:2] == b"PK" or head[:1] == b"\x80"):
             raise AllconvError(f"{p} is a pickle/torch.save file; allconv only loads safetensors and never "
                                "unpickles: re-save the weights with safetensors")
         magic = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"\x93NUMPY": "a NumPy .npy array",

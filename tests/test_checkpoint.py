@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
+import gzip
 import io
 import json
 import os
 import pickle
+import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -245,12 +250,176 @@ def test_a_safetensors_header_length_that_looks_like_a_pickle_still_loads(tmp_pa
     like safetensors is read as one (1 file in 256 was refused as a pickle before)."""
     from allconv.checkpoint import read_tensors, save_tensors
 
-    path = tmp_path / "w.safetensors"
-    for pad in range(0, 20000, 8):
-        save_tensors(path, {"w": torch.arange(3.0)}, {"pad": "x" * pad})
-        if path.read_bytes().startswith(first):
-            break
-    else:
-        raise AssertionError(f"no padding made the header length start with {first!r}")
+    path, pad = tmp_path / "w.safetensors", _pad_to_start_with(first)
+    save_tensors(path, {"w": torch.arange(3.0)}, {"pad": "x" * pad})
+    assert path.read_bytes().startswith(first)
     tensors, header = read_tensors(path)
     assert torch.equal(tensors["w"], torch.arange(3.0)) and len(header["pad"]) == pad
+
+
+def _pad_to_start_with(first: bytes) -> int:
+    """The padding of a ``pad`` metadata entry that makes {"w": arange(3.)}'s safetensors bytes start with ``first``
+    (searched in memory: a save per try took 17 s)."""
+    from safetensors.torch import save
+
+    pad = next((n for n in range(0, 20000) if save({"w": torch.arange(3.0)}, {"pad": "x" * n}).startswith(first)),
+               None)
+    assert pad is not None, f"no padding made the header length start with {first!r}"
+    return pad
+
+
+def test_a_safetensors_file_cut_inside_a_header_that_looks_like_a_pickle_is_truncated(tmp_path: Path) -> None:
+    """Cut inside its header, a file shaped like safetensors is "corrupt or truncated", not a pickle to re-save."""
+    from allconv.checkpoint import read_tensors, save_tensors
+
+    path = tmp_path / "w.safetensors"
+    save_tensors(path, {"w": torch.arange(3.0)}, {"pad": "x" * _pad_to_start_with(b"\x80")})
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(AllconvError, match=r"w.safetensors is corrupt or truncated \(.*\); re-download or retrain it$"):
+        read_tensors(path)
+
+
+def test_metadata_naming_only_the_model_describes_create_defaults() -> None:
+    """Metadata that names only the model (a hand-made ``Meta``, or an older checkpoint's JSON without the newer
+    fields) rebuilds exactly ``create(model)``: 10 classes, dropout on, no BatchNorm; and it records no training."""
+    want = create("strided-cnn-a")
+    for meta in (ckpt.Meta(model="strided-cnn-a"), ckpt.Meta.from_json({"model": "strided-cnn-a"}, {})):
+        net = ckpt.build(meta)
+        assert [(n, type(m)) for n, m in net.named_modules()] == [(n, type(m)) for n, m in want.named_modules()]
+        assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in want.state_dict().items()}
+        assert (meta.epoch, meta.epochs, meta.preprocess, meta.commit) == (0, 0, None, "")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="no git")
+def test_git_commit_is_the_short_head_of_the_source_checkout_else_empty(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``git_commit`` gives HEAD's short hash (a str, as ``git rev-parse --short`` prints it) of the tree the code runs
+    from; "" for a tree that is not a git checkout, and "" when git cannot run at all."""
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # "plain" below is in no checkout
+    repo, plain = tmp_path / "repo", tmp_path / "plain"
+    plain.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+    monkeypatch.setattr(ckpt, "REPO", repo)
+    assert ckpt.git_commit() == head.stdout.strip() != ""
+    monkeypatch.setattr(ckpt, "REPO", plain)
+    assert ckpt.git_commit() == ""
+
+    def no_git(*a, **k):
+        raise FileNotFoundError(2, "No such file or directory: 'git'")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert ckpt.git_commit() == ""
+
+
+def test_shrinking_to_fp16_keeps_integer_buffers_exact(tmp_path: Path) -> None:
+    """``dtype`` shrinks the floating tensors only: BatchNorm's step counter stays int64 and exact (70,000 steps is
+    past float16's largest finite value, 65,504)."""
+    net = create("strided-cnn-a", dropout=False, batchnorm=True).eval()
+    net.conv1.bn.num_batches_tracked.fill_(70_000)
+    path = ckpt.save(tmp_path / "net.safetensors", net, _meta(batchnorm=True), dtype=torch.float16)
+    tensors, _ = ckpt.read_tensors(path)
+    assert tensors["model.conv1.bn.weight"].dtype == torch.float16
+    assert tensors["model.conv1.bn.num_batches_tracked"].dtype == torch.int64
+    model, _ = ckpt.load(path)
+    assert int(model.conv1.bn.num_batches_tracked) == 70_000
+
+
+def test_a_header_that_ends_exactly_at_the_end_of_the_file_is_well_shaped(tmp_path: Path) -> None:
+    """A safetensors file with no tensor bytes (its header runs to its last byte) is read as one, even when its
+    header length's first byte is 0x80 like a pickle's: only a header running *past* the end is misshapen."""
+    path = tmp_path / "meta-only.safetensors"
+    for pad in range(2000):
+        ckpt.save_tensors(path, {}, {"pad": "x" * pad})
+        blob = path.read_bytes()
+        if blob.startswith(b"\x80"):
+            break
+    else:
+        raise AssertionError("no padding made the header length start with 0x80")
+    assert int.from_bytes(blob[:8], "little") == len(blob) - 8
+    tensors, header = ckpt.read_tensors(path)
+    assert tensors == {} and len(header["pad"]) == pad
+
+
+def test_a_large_gzip_file_is_named_as_gzip(tmp_path: Path) -> None:
+    """gzip without a timestamp (``gzip -n``) starts 1f 8b 08 00 00 00 00 00, which reads as a header length of
+    559,903: it fits inside a larger file, but the 9th byte is not '{', so the file is still not shaped like
+    safetensors and is named as gzip data (a ``model.safetensors.gz`` renamed), not called corrupt."""
+    blob = gzip.compress(random.Random(0).randbytes(600_000), mtime=0)
+    assert int.from_bytes(blob[:8], "little") == 559_903 < len(blob) - 8 and blob[8:9] != b"{"
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(blob)
+    with pytest.raises(AllconvError, match=r"model.safetensors is not a safetensors file \(it looks like gzip "
+                       r"data\); "):
+        ckpt.load(bad)
+
+
+def _other_format(tensors: dict, header: dict) -> dict:
+    return {**header, "format": "allconv/2"}  # a 'meta' field, but another format
+
+
+def _no_meta(tensors: dict, header: dict) -> dict:
+    return {k: v for k, v in header.items() if k != "meta"}  # our format tag, but no metadata
+
+
+@pytest.mark.parametrize("edit", [_other_format, _no_meta])
+def test_a_checkpoint_needs_both_our_format_tag_and_metadata(tmp_path: Path, saved: tuple[Path, torch.nn.Module],
+                                                             edit) -> None:
+    """Only a file tagged format 'allconv/1' AND carrying metadata is read as a checkpoint: another format with a
+    'meta' field, or our tag without metadata, is 'not an allconv checkpoint' in one line."""
+    tensors, header = ckpt.read_tensors(saved[0])
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=edit(tensors, header))
+    with pytest.raises(AllconvError, match=r"bad.safetensors is a safetensors file but not an allconv checkpoint "
+                       r"\(no 'allconv/1' metadata\); pass a file written by allconv-train$"):
+        ckpt.load(bad)
+
+
+@pytest.mark.parametrize("change", ["missing", "extra"])
+def test_weights_missing_from_or_extra_in_a_checkpoint_are_refused(tmp_path: Path,
+                                                                   saved: tuple[Path, torch.nn.Module],
+                                                                   change: str) -> None:
+    """Every weight of the net comes from the file and every weight in the file is used: a checkpoint missing the
+    class layer's BatchNorm variance, or holding a tensor the net has no place for, is refused in one line, never
+    half loaded."""
+    tensors, header = ckpt.read_tensors(saved[0])
+    if change == "missing":
+        del tensors["model.conv5.bn.running_var"]
+    else:
+        tensors["model.conv99.conv.weight"] = torch.zeros(1)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=header)
+    with pytest.raises(AllconvError, match=r"bad.safetensors: weights do not match a strided-cnn-a \(") as e:
+        ckpt.load(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_available_lists_shipped_nets_then_local_runs_newest_first(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every checkpoint a user can pick: the shipped files (sorted), then run directories, newest first."""
+    monkeypatch.setattr(ckpt, "SHIPPED_DIR", tmp_path / "ship")
+    assert ckpt.available(tmp_path / "runs") == []
+    net = create("strided-cnn-a", dropout=False)
+    ship = [ckpt.save(tmp_path / "ship" / f"{n}.safetensors", net, _meta()) for n in ("b", "a")]
+    for n in ("old", "new"):
+        ckpt.save(tmp_path / "runs" / n, net, _meta())
+    os.utime(tmp_path / "runs/old/model.safetensors", (1, 1))
+    assert ckpt.available(tmp_path / "runs") == [ship[1], ship[0], tmp_path / "runs/new", tmp_path / "runs/old"]
+
+
+def test_export_turns_dropout_off(tmp_path: Path) -> None:
+    """A run trained with dropout ships without it: the exported metadata says dropout=False and no BatchNorm, so
+    the loaded net has no Dropout layers (a net fine-tuned from it starts without them) and computes the same."""
+    torch.manual_seed(0)
+    net = create("strided-cnn-a").eval()
+    run = ckpt.save(tmp_path / "run", net, dataclasses.replace(_meta(), dropout=True))
+    assert ckpt.load(run)[1].dropout
+    model, meta = ckpt.load(ckpt.export(run, tmp_path / "strided-cnn-a.safetensors"))
+    assert not meta.dropout and not meta.batchnorm
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), net(x), rtol=2e-2, atol=2e-3)  # fp16 weights

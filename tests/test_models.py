@@ -142,3 +142,24 @@ def test_check_input_size_accepts_cifar_and_refuses_tiny_images_in_one_line():
         check_input_size("model-a", 32, 8)
     with pytest.raises(AllconvError, match="unknown model 'all-cnn-d'"):
         check_input_size("all-cnn-d", 32, 32)
+
+
+def test_conv_block_is_biased_conv_then_relu_unless_batchnorm_is_asked():
+    """``ConvBlock(cin, cout, k)`` is the paper's block: a biased conv with 'same' padding, then ReLU, no BatchNorm;
+    ``batchnorm=True`` puts BN between them and drops the conv's (then redundant) bias."""
+    from allconv.models import ConvBlock
+
+    plain, bn = ConvBlock(3, 8, 3), ConvBlock(3, 8, 3, batchnorm=True)
+    assert [n for n, _ in plain.named_children()] == ["conv", "relu"]
+    assert plain.conv.bias is not None and plain.conv.padding == (1, 1)
+    assert [n for n, _ in bn.named_children()] == ["conv", "bn", "relu"] and bn.conv.bias is None
+
+
+def test_a_one_class_net_is_allowed_and_fewer_classes_are_not():
+    """``num_classes`` must be >= 1, exactly as the message says: a 1-class net builds and gives (N, 1) logits; 0 or a
+    negative count is one clear line."""
+    m = create("strided-cnn-a", num_classes=1, dropout=False).eval()
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 1)
+    for n in (0, -3):
+        with pytest.raises(AllconvError, match=rf"^num_classes must be >= 1, got {n}$"):
+            create("model-a", num_classes=n)
