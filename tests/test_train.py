@@ -203,3 +203,21 @@ def test_adamw_translates_the_protocols_weight_decay() -> None:
     assert isinstance(T.make_optimizer(cfg, net), torch.optim.AdamW)
     with pytest.raises(T.AllconvError, match="unknown optimizer 'adam'; choose sgd or adamw"):
         T.TrainConfig(optimizer="adam").resolved()
+
+
+def test_each_epoch_and_stream_gets_its_own_seed_in_torchs_range() -> None:
+    """Shuffles and augmentation differ from epoch to epoch (and between the streams a run salts apart), and a seed of
+    any size still gives one ``torch.manual_seed`` takes."""
+    from allconv.config import TrainConfig
+
+    seeds = {T.epoch_seed(TrainConfig(seed=0), e, salt) for e in range(4) for salt in (0, 1)}
+    assert len(seeds) == 8
+    big = T.epoch_seed(TrainConfig(seed=2 ** 70), 3, 1)
+    assert 0 <= big < 2 ** 63 and big == (2 ** 70 * 1_000_003 + 3 * 7919 + 1) % 2 ** 63
+    torch.manual_seed(big)
+
+
+def test_an_interrupt_before_the_first_epoch_says_none_is_saved(tmp_path: Path) -> None:
+    e = T.Interrupted(tmp_path / "run", 5, "SIGTERM")
+    assert str(e) == (f"interrupted by SIGTERM: 0 of 5 epochs are saved in {tmp_path / 'run'}; continue with "
+                      f"allconv-train --resume {tmp_path / 'run'}")
