@@ -221,3 +221,19 @@ def test_an_interrupt_before_the_first_epoch_says_none_is_saved(tmp_path: Path) 
     e = T.Interrupted(tmp_path / "run", 5, "SIGTERM")
     assert str(e) == (f"interrupted by SIGTERM: 0 of 5 epochs are saved in {tmp_path / 'run'}; continue with "
                       f"allconv-train --resume {tmp_path / 'run'}")
+
+
+@pytest.mark.parametrize("n", [7, 8, 9, 12, 15])
+def test_an_epoch_is_whole_batches_of_one_permutation_split_between_ranks(n: int) -> None:
+    """Every batch is full (the last partial one is dropped, as the paper's epochs of 50k/128 batches), no index
+    repeats, and two ranks' slices together are each global batch."""
+    from allconv.config import TrainConfig
+    from allconv.device import Dist
+
+    cfg, cpu = TrainConfig(batch_size=4), torch.device("cpu")
+    one = T.batches(cfg, n, 2, Dist(0, 1), cpu)
+    assert [len(b) for b in one] == [4] * (n // 4)
+    flat = torch.cat(one)
+    assert len(set(flat.tolist())) == len(flat) and 0 <= int(flat.min()) and int(flat.max()) < n
+    halves = zip(T.batches(cfg, n, 2, Dist(0, 2), cpu), T.batches(cfg, n, 2, Dist(1, 2), cpu))
+    assert [torch.cat(h).tolist() for h in halves] == [b.tolist() for b in one]
