@@ -40,8 +40,9 @@ def _quiet(name: str) -> Iterator[None]:
 
 
 def prepare() -> bool:
-    """Import every view (and so the libraries behind them) and decode the default dataset into the array cache;
-    True where the dataset loaded. A dataset that does not load is left for the first page to report, in one line."""
+    """Import every view (and so the libraries behind them), ``rehearse`` their first computations, and decode the
+    default dataset into the array cache; True where the dataset loaded. One that does not load is logged for the
+    operator and left for the first page to report, in one line."""
     memory.map_large_blocks()  # before the dataset's big arrays, as app/main.py does before its first tensor
     with _quiet(CACHE_LOGGER):
         for name in VIEWS:
@@ -52,7 +53,8 @@ def prepare() -> bool:
     try:
         load(config.data_source() or None)
     except Exception as e:  # noqa: BLE001 - not the server's to refuse: the page names the problem and the fix
-        log.info("allconv-app: the default dataset did not load (%s); the first page will say why", type(e).__name__)
+        log.warning("allconv-app: the default dataset did not load (%s: %s); the page will say so",
+                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
         return False
     return True
 

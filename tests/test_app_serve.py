@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -63,13 +64,15 @@ def test_after_preparing_the_image_views_computations_import_nothing(tmp_path: P
     assert out.stdout.strip() == "[]"
 
 
-def test_a_dataset_that_does_not_load_is_left_for_the_page_to_report(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dataset_that_does_not_load_is_left_for_the_page_to_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     monkeypatch.setenv("ALLCONV_DATA", str(tmp_path / "broken.npz"))
     monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path / "cache"))
-    assert serve.prepare() is False
+    with caplog.at_level(logging.WARNING, logger="allconv.app"):
+        assert serve.prepare() is False
     assert _entries(tmp_path / "cache") == []
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["allconv-app: the default dataset did not load"]
 
 
 def test_the_server_command_prepares_then_is_streamlit(tmp_path: Path) -> None:
