@@ -177,6 +177,19 @@ def test_a_run_whose_model_file_links_out_is_refused(env: dict[str, Path], tmp_p
     assert not at.exception and errors(at) == [NO_CHECKPOINT]
 
 
+def test_a_run_whose_model_file_links_inside_the_folders_opens(env: dict[str, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only links *out* of the offered folders are refused: a run's model file may link to a checkpoint inside."""
+    where = outside_files(tmp_path, env)
+    shutil.copy(env["ckpt"], where["inside"] / "kept.safetensors")
+    run_dir = where["inside"] / "run2"
+    run_dir.mkdir()
+    (run_dir / "model.safetensors").symlink_to(where["inside"] / "kept.safetensors")
+    offer(monkeypatch, "ALLCONV_CHECKPOINT_DIR", env["ckpts"], where["inside"])
+    at = run({"checkpoint_path": str(run_dir)})
+    assert not at.exception and errors(at) == [] and at.subheader, errors(at)
+
+
 def test_a_checkpoint_link_to_a_huge_file_is_refused_unread(env: dict[str, Path], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     big = tmp_path / "big.safetensors"
