@@ -163,3 +163,12 @@ def test_a_one_class_net_is_allowed_and_fewer_classes_are_not():
     for n in (0, -3):
         with pytest.raises(AllconvError, match=rf"^num_classes must be >= 1, got {n}$"):
             create("model-a", num_classes=n)
+
+
+def test_a_folded_net_has_no_dropout_even_in_train_mode() -> None:
+    """Folding drops dropout as well as BatchNorm: the shipped net is the paper's function in any mode."""
+    net = create("all-cnn-c", dropout=True, batchnorm=True)
+    plain = fold_batchnorm(net.eval())
+    assert not any(isinstance(m, (nn.Dropout, nn.BatchNorm2d)) for m in plain.modules())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(plain.train()(x), plain.eval()(x))

@@ -212,8 +212,8 @@ def test_each_epoch_and_stream_gets_its_own_seed_in_torchs_range() -> None:
 
     seeds = {T.epoch_seed(TrainConfig(seed=0), e, salt) for e in range(4) for salt in (0, 1)}
     assert len(seeds) == 8
-    big = T.epoch_seed(TrainConfig(seed=2 ** 70), 3, 1)
-    assert 0 <= big < 2 ** 63 and big == (2 ** 70 * 1_000_003 + 3 * 7919 + 1) % 2 ** 63
+    big = T.epoch_seed(TrainConfig(seed=2 ** 70 + 5), 3, 1)
+    assert 0 <= big < 2 ** 63 and big == ((2 ** 70 + 5) * 1_000_003 + 3 * 7919 + 1) % 2 ** 63
     torch.manual_seed(big)
 
 
