@@ -223,13 +223,13 @@ def report(plan: Plan, outcome: dict[Mutant, str], root: Path) -> None:
         print(f"  {m}{note}\n      {(root / m.path).read_text(encoding='utf-8').splitlines()[m.line - 1].strip()}")
 
 
-def baseline(files: list[str], copies: list[Path], args: argparse.Namespace,
+def baseline(shas: dict[str, str], copies: list[Path], args: argparse.Namespace,
              journal: Journal) -> tuple[dict[str, float], LineTests]:
-    """Each test file alone, timed, under coverage unless ``--no-coverage``: only the files the journal has no
-    baseline of at their current contents. Raises SystemExit if one fails."""
-    shas = {f: suite_file_sha(copies[0], f) for f in files}
+    """Each test file of ``shas`` (file -> its ``suite_file_sha``) alone, timed, under coverage unless
+    ``--no-coverage``: only the files the journal has no baseline of at their current contents. Raises SystemExit
+    if one fails."""
     saved = {f: b for f, b in journal.baseline().items() if f in shas and b.sha == shas[f]}
-    todo = [f for f in files if f not in saved]
+    todo = [f for f in sorted(shas) if f not in saved]
     if todo and args.summary:
         raise SystemExit(f"--summary needs a --state folder holding this run's baseline (none of {', '.join(todo)})")
     logs = copies[0].parent / "logs"
@@ -254,12 +254,11 @@ def baseline(files: list[str], copies: list[Path], args: argparse.Namespace,
 
 
 def lone_failures(tasks: list[Task], results: list[Result], copies: list[Path], secs: dict[str, float],
-                  args: argparse.Namespace, journal: Journal) -> list[int]:
+                  args: argparse.Namespace, journal: Journal, shas: dict[str, str]) -> list[int]:
     """The narrowed tasks whose kill may be the selection's doing: every test that failed for them also fails alone on
     the unmutated code (a test that leans on an earlier one). Each killing test is run alone once (journaled)."""
     killers = {i: set(r.failed) for i, r in enumerate(results) if r.out == "failed" and "::" in tasks[i].tests[0]}
     nodes = sorted(set().union(*killers.values()))
-    shas = file_shas(copies[0], nodes)
     todo = [n for n in nodes if journal.get(f"alone {n}", suite_sha(shas, [n])) is None]
     run([Task(None, [n], 3 * secs[n.split("::")[0]] + 30) for n in todo], copies, not args.no_fork,
         lambda j, r: journal.record(f"alone {todo[j]}", replace(r, suite=suite_sha(shas, [todo[j]]))))
@@ -270,11 +269,10 @@ def lone_failures(tasks: list[Task], results: list[Result], copies: list[Path], 
 
 
 def run_journaled(tasks: list[Task], copies: list[Path], args: argparse.Namespace, journal: Journal,
-                  redo: bool = False) -> list[Result]:
+                  shas: dict[str, str], redo: bool = False) -> list[Result]:
     """``run`` for the tasks the journal has no result of (none with ``--summary``: those stay ``""``, not run);
     every result recorded as it ends."""
     source = {t.mutant.path: (copies[0] / t.mutant.path).read_text(encoding="utf-8") for t in tasks if t.mutant}
-    shas = file_shas(copies[0], [n for t in tasks for n in t.tests])
     keys = [key(t.mutant, source[t.mutant.path], redo) for t in tasks]
     suites = [suite_sha(shas, t.tests) for t in tasks]
     todo = [i for i, k in enumerate(keys) if journal.get(k, suites[i]) is None]
@@ -286,11 +284,6 @@ def run_journaled(tasks: list[Task], copies: list[Path], args: argparse.Namespac
     return [journal.get(k, s) or Result("", 0.0) for k, s in zip(keys, suites)]
 
 
-def file_shas(tree: Path, tests: list[str]) -> dict[str, str]:
-    """``suite_file_sha`` of each test file behind ``tests`` (files or node ids)."""
-    return {f: suite_file_sha(tree, f) for f in {t.split("::")[0] for t in tests}}
-
-
 def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: Journal) -> int:
     """Baseline (each test file alone, timed, covered), then every mutant on the tests that run its line (or its
     module's test files); kills that only a lone-failing test made are redone on the files. Print the report."""
@@ -300,7 +293,8 @@ def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: J
         return 2
     if not (args.no_fork or args.summary):
         preload()
-    secs, lines = baseline(sorted({t for _, found, tests in plan if found for t in tests}), copies, args, journal)
+    shas = {f: suite_file_sha(copies[0], f) for f in {t for _, found, tests in plan if found for t in tests}}
+    secs, lines = baseline(shas, copies, args, journal)
 
     def limit(tests: list[str]) -> float:
         return args.timeout or 3 * sum(secs[f] for f in {t.split("::")[0] for t in tests}) + 30
@@ -313,15 +307,14 @@ def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: J
         tasks.append(Task(m, tests, limit(tests)))
     print(f"{sum('::' in t.tests[0] for t in tasks)} of {len(tasks)} mutants run only the tests that cover them",
           file=sys.stderr)
-    results = run_journaled(tasks, copies, args, journal)
+    results = run_journaled(tasks, copies, args, journal, shas)
     source = {m.path: (copies[0] / m.path).read_text(encoding="utf-8") for m in files}
-    shas = file_shas(copies[0], [f for whole in files.values() for f in whole])
     for i, t in enumerate(tasks):  # a kill already redone on the whole files (a stopped run's)
         redone = journal.get(key(t.mutant, source[t.mutant.path], redo=True), suite_sha(shas, files[t.mutant]))
         results[i] = redone or results[i]
-    if not args.summary and (redo := lone_failures(tasks, results, copies, secs, args, journal)):
+    if not args.summary and (redo := lone_failures(tasks, results, copies, secs, args, journal, shas)):
         again = [Task(tasks[i].mutant, files[tasks[i].mutant], limit(files[tasks[i].mutant])) for i in redo]
-        for i, r in zip(redo, run_journaled(again, copies, args, journal, redo=True)):
+        for i, r in zip(redo, run_journaled(again, copies, args, journal, shas, redo=True)):
             results[i] = r
     report(plan, {t.mutant: r.out for t, r in zip(tasks, results)}, copies[0])
     print(f"\n{len(tasks)} mutants, {time.monotonic() - t_start:.0f}s wall with the baseline, {len(copies)} job(s)")

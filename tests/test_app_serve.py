@@ -8,21 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from allconv import data
 from allconv.data import load
 from app import serve
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _tiny_npz(path: Path) -> Path:
-    x = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
-    np.savez(path, x_train=x, y_train=np.arange(12) % 10, x_test=x[:4], y_test=np.arange(4))
-    return path
-
+from appkit import make_assets
 
 def _entries(cache: Path) -> list[Path]:
     return sorted(p for p in (cache / "arrays").glob("*") if (p / "meta.json").exists())
@@ -30,14 +21,14 @@ def _entries(cache: Path) -> list[Path]:
 
 def test_prepare_imports_every_view_and_caches_the_default_dataset(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALLCONV_DATA", str(_tiny_npz(tmp_path / "tiny.npz")))
+    monkeypatch.setenv("ALLCONV_DATA", str(make_assets(tmp_path)["data"]))
     monkeypatch.setenv("ALLCONV_CACHE", str(tmp_path / "cache"))
     assert serve.prepare()
     assert all(name in sys.modules for name in serve.VIEWS)
     (entry,) = _entries(tmp_path / "cache")
     assert {p.name for p in entry.iterdir()} >= {"x_train.npy", "x_test.npy", "meta.json"}
     monkeypatch.setattr(data, "_from_npz", lambda path: pytest.fail("the page decoded the dataset again"))
-    assert load(str(tmp_path / "tiny.npz")).x_test.shape == (4, 3, 32, 32)  # the page's load: from the cache
+    assert load(str(tmp_path / "tiny.npz")).x_test.shape == (20, 3, 32, 32)  # the page's load: from the cache
 
 
 FIRST_PAGE = """
@@ -57,7 +48,7 @@ print(sorted(set(sys.modules) - before))
 def test_after_preparing_the_image_views_computations_import_nothing(tmp_path: Path) -> None:
     """The point of ``rehearse``: what the first page computes (another net, layer and method here) loads no module
     the server has not loaded already (a fresh interpreter, so an earlier test's imports cannot hide one)."""
-    env = {**os.environ, "ALLCONV_DATA": str(_tiny_npz(tmp_path / "tiny.npz")), "ALLCONV_CACHE": str(tmp_path / "c")}
+    env = {**os.environ, "ALLCONV_DATA": str(make_assets(tmp_path)["data"]), "ALLCONV_CACHE": str(tmp_path / "c")}
     out = subprocess.run([sys.executable, "-c", FIRST_PAGE], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -77,7 +68,7 @@ def test_a_dataset_that_does_not_load_is_left_for_the_page_to_report(tmp_path: P
 
 def test_the_server_command_prepares_then_is_streamlit(tmp_path: Path) -> None:
     """``python -m app.serve ARGS`` is ``streamlit ARGS`` after preparing; no warning about the views' caches."""
-    env = {**os.environ, "ALLCONV_DATA": str(_tiny_npz(tmp_path / "tiny.npz")), "ALLCONV_CACHE": str(tmp_path / "c")}
+    env = {**os.environ, "ALLCONV_DATA": str(make_assets(tmp_path)["data"]), "ALLCONV_CACHE": str(tmp_path / "c")}
     out = subprocess.run([sys.executable, "-m", "app.serve", "version"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr

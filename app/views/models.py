@@ -87,11 +87,10 @@ def curves(metas: list[tuple[str, dict, list[dict]]], chosen: list[str]) -> tupl
     for label, _, history in metas:
         if label not in chosen or not history:
             continue
-        h = pd.DataFrame(history)
+        h, name = pd.DataFrame(history), short(label)
         for col in ("train_acc", "val_acc", "test_acc", "train_loss"):
             if col in h and h[col].notna().any():
                 part = h[["epoch", col]].dropna().rename(columns={col: "value"})
-                name = short(label)
                 part["curve"] = f"{name} {col.removesuffix('_acc')}" if col != "train_loss" else name
                 (loss if col == "train_loss" else acc).append(part)
     return (_long(acc, "accuracy"), _long(loss, "train loss"))
