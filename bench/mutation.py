@@ -21,7 +21,8 @@ fails, nothing else runs. Default timeout per mutant: 3x the baseline time of it
 (outside the repository) keeps the baseline and every result as it ends, so the same command resumes a stopped run;
 after tests are added (for survivors), it keeps the kills, redoes the baseline of the changed test files only and
 reruns only the survivors those files' tests cover (``journal.py``); a changed module's mutants are new ones.
-``--summary`` only reads the folder, so it is safe beside a running run.
+``--summary`` only reads the folder, so it is safe beside a running run. Mutants that ``bench/equivalent.toml`` judges
+equivalent (each with its reason) are not run (``--run-equivalent``: run them too) and count as survivors.
 
     OMP_NUM_THREADS=1 nice -n 15 python bench/mutation.py --modules allconv/preprocess.py --max-mutants 20
     OMP_NUM_THREADS=1 python bench/mutation.py --jobs 2 --state /tmp/mutation   # every module; rerun to resume
@@ -52,6 +53,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from covermap import LineTests, failed_nodes, read_lines, run_pytest  # noqa: E402  (bench/ is not a package)
+from equivalent import judge, load as load_equivalent  # noqa: E402
 from journal import FileBaseline, Journal, Result, key, suite_file_sha, suite_sha  # noqa: E402
 from mutants import Mutant, mutants  # noqa: E402
 from testmap import test_map  # noqa: E402
@@ -206,21 +208,30 @@ def preload() -> None:
     assert not set(LIBRARY) & set(sys.modules), "the parent must not import the library"
 
 
-def report(plan: Plan, outcome: dict[Mutant, str], root: Path) -> None:
-    """The table, then each survivor (or error) with its source line (from the snapshot that was mutated). The score
-    is over the mutants run (``--summary`` of a stopped run: the rest are counted as not run)."""
-    print(f"{'module':40} {'mutants':>7} {'killed':>7} {'timeouts':>9} {'survived':>9} {'not run':>8} {'score':>7}")
+def report(plan: Plan, outcome: dict[Mutant, str], root: Path, judged: dict[Mutant, str]) -> None:
+    """The table, then each survivor (or error) with its source line (from the snapshot that was mutated), then the
+    judged-equivalent ones with the reason. The score is over the mutants run or judged (``--summary`` of a stopped
+    run: the rest are counted as not run); a judged mutant counts as a survivor, so judging one never raises it."""
+    print(f"{'module':40} {'mutants':>7} {'killed':>7} {'timeouts':>9} {'survived':>9} {'of them judged':>14} "
+          f"{'not run':>8} {'score':>7}")
     survivors = []
     for spec, found, _ in plan:
         outs = [outcome[m] for m in found]
         n, killed, timeouts, idle = len(outs), outs.count("failed"), outs.count("timeout"), outs.count("")
         survivors += [m for m in found if outcome[m] not in ("failed", "timeout", "")]
         score = f"{100 * (killed + timeouts) / (n - idle):.1f}%" if n > idle else "-"
-        print(f"{spec:40} {n:7} {killed:7} {timeouts:9} {n - killed - timeouts - idle:9} {idle:8} {score:>7}")
-    print(f"\nsurvivors ({len(survivors)}):" if survivors else "\nno survivors")
-    for m in survivors:
-        note = "" if outcome[m] == "passed" else f"  ({outcome[m]})"
-        print(f"  {m}{note}\n      {(root / m.path).read_text(encoding='utf-8').splitlines()[m.line - 1].strip()}")
+        print(f"{spec:40} {n:7} {killed:7} {timeouts:9} {n - killed - timeouts - idle:9} "
+              f"{outs.count('equivalent'):14} {idle:8} {score:>7}")
+    for title, group in (("survivors", [m for m in survivors if outcome[m] != "equivalent"]),
+                         ("judged equivalent (bench/equivalent.toml), not run", [m for m in survivors if m in judged])):
+        print(f"\n{title} ({len(group)}):" if group else f"\n{title}: none")
+        for m in group:
+            note = f"  ({outcome[m]})" if outcome[m] not in ("passed", "equivalent") else ""
+            why = f"\n      why: {judged[m]}" if m in judged else ""
+            print(f"  {m}{note}\n      {(root / m.path).read_text(encoding='utf-8').splitlines()[m.line - 1].strip()}"
+                  f"{why}")
+    if killed_judged := [m for m, out in outcome.items() if m in judged and out in ("failed", "timeout")]:
+        print("\njudged equivalent but killed (drop their entries): " + ", ".join(map(str, killed_judged)))
 
 
 def baseline(shas: dict[str, str], copies: list[Path], args: argparse.Namespace,
@@ -284,6 +295,18 @@ def run_journaled(tasks: list[Task], copies: list[Path], args: argparse.Namespac
     return [journal.get(k, s) or Result("", 0.0) for k, s in zip(keys, suites)]
 
 
+def judged_mutants(plan: Plan, root: Path) -> dict[Mutant, str]:
+    """The plan's mutants that bench/equivalent.toml judges equivalent -> why; stale entries of its modules (matching
+    none of the module's mutants, of every kind) are reported."""
+    paths = sorted({m.path for _, found, _ in plan for m in found})
+    every = [m for p in paths for m in mutants(root, p, None)]
+    judged, stale = judge(every, {p: (root / p).read_text(encoding="utf-8") for p in paths}, load_equivalent())
+    for e in stale:
+        print(f"stale entry in bench/equivalent.toml, no mutant matches it: {e.path}: {e.mutant}", file=sys.stderr)
+    found = {m for _, ms, _ in plan for m in ms}
+    return {m: why for m, why in judged.items() if m in found}
+
+
 def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: Journal) -> int:
     """Baseline (each test file alone, timed, covered), then every mutant on the tests that run its line (or its
     module's test files); kills that only a lone-failing test made are redone on the files. Print the report."""
@@ -299,9 +322,12 @@ def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: J
     def limit(tests: list[str]) -> float:
         return args.timeout or 3 * sum(secs[f] for f in {t.split("::")[0] for t in tests}) + 30
 
+    judged = judged_mutants(plan, copies[0])
     files = {m: sorted(tests, key=secs.get) for _, found, tests in plan for m in found}
     tasks = []
     for m, whole in files.items():
+        if m in judged and not args.run_equivalent:
+            continue
         narrow = lines.tests(m)
         tests = whole if narrow is None else sorted(narrow, key=lambda n: (lines.secs.get(n, secs[n.split("::")[0]]), n))
         tasks.append(Task(m, tests, limit(tests)))
@@ -316,7 +342,8 @@ def execute(plan: Plan, copies: list[Path], args: argparse.Namespace, journal: J
         again = [Task(tasks[i].mutant, files[tasks[i].mutant], limit(files[tasks[i].mutant])) for i in redo]
         for i, r in zip(redo, run_journaled(again, copies, args, journal, shas, redo=True)):
             results[i] = r
-    report(plan, {t.mutant: r.out for t, r in zip(tasks, results)}, copies[0])
+    outcome = {**{m: "equivalent" for m in judged}, **{t.mutant: r.out for t, r in zip(tasks, results)}}
+    report(plan, outcome, copies[0], judged)
     print(f"\n{len(tasks)} mutants, {time.monotonic() - t_start:.0f}s wall with the baseline, {len(copies)} job(s)")
     return 0
 
@@ -334,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-fork", action="store_true", help="a fresh interpreter per run instead of a fork")
     ap.add_argument("--no-coverage", action="store_true",
                     help="run each mutant on all its module's test files, not only the tests that cover its line")
+    ap.add_argument("--run-equivalent", action="store_true",
+                    help="also run the mutants bench/equivalent.toml judges equivalent (to check a judgement)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (copies, logs)")
     ap.add_argument("--state", type=Path, help="a folder outside the repository that keeps the baseline and each "
                     "result as it ends: the same command goes on where a stopped run left off")

@@ -126,3 +126,23 @@ def test_baseline_times_each_test_with_its_cases_summed(tmp_path: Path) -> None:
     lines.add({"m.py": {3: {"t.py::a"}}}, {"t.py::a": 0.5})
     lines.add({"m.py": {3: {"t.py::b"}, 4: {"t.py::b"}}}, {"t.py::b": 0.1})
     assert lines.lines == {"m.py": {3: {"t.py::a", "t.py::b"}, 4: {"t.py::b"}}} and lines.secs["t.py::b"] == 0.1
+
+
+def test_equivalent_entries_match_their_mutant_wherever_its_line_moves_and_go_stale_when_it_changes(
+        tmp_path: Path) -> None:
+    """An entry names a line and the mutant's version of it: it matches that one mutant (not its neighbours on the
+    line) after lines above it move, and is stale once its own line changes; a file missing a field is one line."""
+    from equivalent import Entry, judge, load
+
+    src = "x = 1\ny = x // 2 + x // 3\n"
+    found = [Mutant("m.py", 2, 12, 14, "//", "/", "arith"), Mutant("m.py", 2, 21, 23, "//", "/", "arith")]
+    entry = Entry("m.py", "y = x // 2 + x // 3", "y = x // 2 + x / 3", "exact")
+    judged, stale = judge(found, {"m.py": src}, [entry, Entry("other.py", "a", "b", "not in this run")])
+    assert judged == {found[1]: "exact"} and stale == []
+    moved = [Mutant(m.path, 3, m.start + 6, m.end + 6, m.old, m.new, m.kind) for m in found]
+    assert judge(moved, {"m.py": "# new\n" + src}, [entry])[0] == {moved[1]: "exact"}
+    assert judge(found, {"m.py": src.replace("3", "4")}, [entry]) == ({}, [entry])
+    toml = tmp_path / "eq.toml"
+    toml.write_text('[[equivalent]]\npath = "m.py"\nline = "a"\nmutant = "b"\n')
+    with pytest.raises(SystemExit, match=r"eq.toml: an entry has no 'why' \(each needs path, line, mutant, why\)$"):
+        load(toml)
