@@ -245,19 +245,22 @@ def baseline(shas: dict[str, str], copies: list[Path], args: argparse.Namespace,
         raise SystemExit(f"--summary needs a --state folder holding this run's baseline (none of {', '.join(todo)})")
     logs = copies[0].parent / "logs"
     cov = {f: None if args.no_coverage else logs / f"{Path(f).stem}.cov" for f in todo}
-    base = run([Task(None, [f], 3600, cov[f]) for f in todo], copies, not args.no_fork)
+
+    def done(i: int, r: Result) -> None:  # saved as each file ends: a run stopped in its baseline goes on from there
+        if r.out == "passed":
+            f, c = todo[i], cov[todo[i]]
+            saved[f] = FileBaseline(shas[f], r.secs, json.loads(Path(f"{c}.secs.json").read_text()) if c else {},
+                                    read_lines(c, copies, f) if c else {})
+            journal.save_baseline({**journal.baseline(), f: saved[f]})
+
+    base = run([Task(None, [f], 3600, cov[f]) for f in todo], copies, not args.no_fork, done)
     for i in (i for i, r in enumerate(base) if r.out != "passed"):
         print(f"baseline {base[i].out}: {todo[i]}\n{(logs / f'{i}.log').read_text(errors='replace')[-3000:]}",
               file=sys.stderr)
     if any(r.out != "passed" for r in base):
         raise SystemExit("the unmutated tests must pass: stopping")
-    for f, r in zip(todo, base):
-        c = cov[f]
-        saved[f] = FileBaseline(shas[f], r.secs, json.loads(Path(f"{c}.secs.json").read_text()) if c else {},
-                                read_lines(c, copies, f) if c else {})
     if todo:
         print("baseline: " + ", ".join(f"{f} {saved[f].secs:.1f}s" for f in todo), file=sys.stderr)
-        journal.save_baseline({**journal.baseline(), **saved})
     lines = LineTests()
     for b in saved.values():
         lines.add(b.lines, b.durations)

@@ -146,3 +146,24 @@ def test_equivalent_entries_match_their_mutant_wherever_its_line_moves_and_go_st
     toml.write_text('[[equivalent]]\npath = "m.py"\nline = "a"\nmutant = "b"\n')
     with pytest.raises(SystemExit, match=r"eq.toml: an entry has no 'why' \(each needs path, line, mutant, why\)$"):
         load(toml)
+
+
+def test_a_baseline_that_stops_partway_keeps_the_files_that_passed(tmp_path: Path) -> None:
+    """Each test file's baseline is saved as it ends, so a run stopped (or failing) in its baseline does not redo the
+    files already timed."""
+    import argparse
+
+    from mutation import baseline
+
+    tree = tmp_path / "w0"
+    (tree / "tests").mkdir(parents=True)
+    (tree / "tests" / "test_a.py").write_text("def test_a(): pass\n")
+    (tree / "tests" / "test_b.py").write_text("def test_b(): assert False\n")
+    (tmp_path / "logs").mkdir()
+    shas = {f: suite_file_sha(tree, f) for f in ("tests/test_a.py", "tests/test_b.py")}
+    args = argparse.Namespace(summary=False, no_coverage=True, no_fork=False)
+    journal = Journal(tmp_path / "state")
+    with pytest.raises(SystemExit, match="the unmutated tests must pass"):
+        baseline(shas, [tree], args, journal)
+    kept = Journal(tmp_path / "state").baseline()
+    assert list(kept) == ["tests/test_a.py"] and kept["tests/test_a.py"].sha == shas["tests/test_a.py"]
