@@ -258,6 +258,14 @@ def test_sanity_view(env: dict[str, Path]) -> None:
     assert (df.loc["conv9":"conv9..conv3"] == 1.0).all().all()  # layers above conv2 cannot change its maps
 
 
+def test_every_one_of_choice_keeps_its_selection(env: dict[str, Path]) -> None:
+    """Pressing the lit button of a one-of choice must not clear it (the page would show a default with no button
+    lit): view, split, method and the Sanity view's unit are all required."""
+    at = ok(run({"view": "Sanity", "layer": "conv2"}))
+    required = {c.key: c.proto.required for c in at.segmented_control}
+    assert required == {"view": True, "split": True, "method": True, "unit": True}
+
+
 # --- Shared cached model -------------------------------------------------------------------------------------------
 
 def test_cached_model_has_no_hooks_after_many_reruns(env: dict[str, Path]) -> None:

@@ -200,6 +200,17 @@ def test_a_checkpoint_link_to_a_huge_file_is_refused_unread(env: dict[str, Path]
     assert not at.exception and errors(at) == ["that checkpoint is 2.0 GB; the app opens checkpoints up to 1 GB"]
 
 
+def test_a_checkpoint_of_exactly_the_size_cap_opens(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import allow
+
+    size = env["ckpt"].stat().st_size
+    monkeypatch.setattr(allow, "MAX_CHECKPOINT_BYTES", size)  # the cap is inclusive: a file of its size opens
+    assert allow.open_checkpoint(str(env["ckpt"]), {}) == env["ckpt"].resolve()
+    monkeypatch.setattr(allow, "MAX_CHECKPOINT_BYTES", size - 1)
+    with pytest.raises(AllconvError, match="the app opens checkpoints up to"):
+        allow.open_checkpoint(str(env["ckpt"]), {})
+
+
 HOSTILE_DATA = ["/", "/usr", "/etc/passwd", "../../..", "~", "/proc/self/environ", "OUT/real.npz", "IN/link.npz",
                 "IN/../outside/real.npz", "cifar10/../../../etc"]
 
@@ -260,6 +271,16 @@ def test_scrub_cuts_server_paths(env: dict[str, Path], monkeypatch: pytest.Monke
     assert allow.scrub("conv6/conv9 at 3/4 of fp32/bf16") == "conv6/conv9 at 3/4 of fp32/bf16"
 
 
+def test_scrub_cuts_a_path_to_its_innermost_root(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import allow
+
+    outer, inner = env["root"] / "outer", env["root"] / "outer" / "deep" / "inner"
+    inner.mkdir(parents=True)
+    offer(monkeypatch, "ALLCONV_DATA_ROOT", outer, inner)  # one root inside another: the nearer name is shown
+    assert allow.scrub(f"{inner}/x.npz: no labels") == "inner/x.npz: no labels"
+    assert allow.scrub(f"{outer}/deep/y.npz: no labels") == "outer/deep/y.npz: no labels"
+
+
 # --- Pieces without Streamlit --------------------------------------------------------------------------------------
 
 def test_app_scan_reports_progress_and_equals_the_fp32_scan(env: dict[str, Path]) -> None:
@@ -292,6 +313,8 @@ def test_sources_and_config(env: dict[str, Path], monkeypatch: pytest.MonkeyPatc
         sources.class_indices(splits, "test", "zebra")
     up = sources.from_upload("g.png", png_bytes((7, 9), "L"))
     assert up.image.shape == (3, 32, 32) and up.image.dtype == torch.uint8
+    monkeypatch.setenv("ALLCONV_SCAN_LIMIT", "1")  # the smallest limit there is
+    assert config.scan_limit() == 1
     monkeypatch.setenv("ALLCONV_SCAN_LIMIT", "0")
     with pytest.raises(AllconvError, match="positive integer"):
         config.scan_limit()
