@@ -136,7 +136,7 @@ def _mark_upload(sel: Selection, uploaded: sources.Picked | None) -> None:
         st.query_params[UPLOAD_PARAM] = uploaded.key.split(":", 1)[1]
     elif UPLOAD_PARAM in st.query_params:
         del st.query_params[UPLOAD_PARAM]
-        if "upload_seen" not in st.session_state:
+        if not st.session_state.get("upload_seen"):
             sel.notes.append(UPLOAD_LINK_NOTE)
     st.session_state["upload_seen"] = True
 

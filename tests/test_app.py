@@ -97,6 +97,8 @@ def test_upload_replaces_the_dataset_image(env: dict[str, Path]) -> None:
     assert "Showing the upload" in at.sidebar.caption[0].value
     digest = at.query_params["upload"]
     assert len(digest) == 16  # the URL says an upload is shown
+    at.sidebar.file_uploader(key="upload").clear().run()  # removed here: no note about a link from an upload
+    assert captions(ok(at))[0] == "tiny test #0 (airplane)" and not at.warning and "upload" not in at.query_params
 
 
 def test_a_link_shared_from_an_upload_says_so(env: dict[str, Path]) -> None:
