@@ -149,8 +149,6 @@ def _dataset_image(sel: Selection, data: Splits) -> None:
     if count == 0:
         sel.errors.append(f"the {sel.split} split has no images of class {cls!r}")
         return
-    if st.session_state.get("image", 0) >= count:
-        st.session_state["image"] = 0
     idx = st.sidebar.number_input(f"Index (0-{count - 1})", 0, count - 1, key="image", bind=Q, step=1)
     sel.picked = sources.fit(sources.from_dataset(data, sel.source, sel.split, cls, int(idx)), sel.net)
 

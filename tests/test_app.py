@@ -89,6 +89,26 @@ def test_filter_is_clamped_when_the_layer_has_fewer_filters(env: dict[str, Path]
     assert "conv9 filter 0" in [s.value for s in ok(at).subheader]
 
 
+@pytest.mark.parametrize("index", ["2", "15"])  # the tiny test split has 2 ships: #2 is one past the last
+def test_image_index_past_its_class_starts_over(env: dict[str, Path], index: str) -> None:
+    at = ok(run({"image": index}))
+    at.sidebar.selectbox(key="cls").select("ship").run()  # the index input's range changes: it starts at 0 again
+    assert captions(ok(at))[0] == "tiny test #8 (ship)" and at.sidebar.number_input(key="image").value == 0
+    at = ok(run({"cls": "ship", "image": index}))  # a link with an index past the class
+    assert captions(ok(at))[0] == "tiny test #8 (ship)" and at.sidebar.number_input(key="image").value == 0
+
+
+def test_a_class_with_one_image_shows_it_and_one_with_none_says_so(env: dict[str, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    y = np.array([0, 1, 1, 3, 4, 5, 6, 7, 8, 9])  # one airplane, no bird
+    x = np.zeros((10, 32, 32, 3), np.uint8)
+    np.savez(tmp_path / "odd.npz", x_train=x, y_train=y, x_test=x, y_test=y, label_names=np.array(CLASSES))
+    monkeypatch.setenv("ALLCONV_DATA", str(tmp_path / "odd.npz"))
+    assert captions(ok(run({"cls": "airplane"})))[0] == "odd test #0 (airplane)"
+    at = run({"cls": "bird"})
+    assert not at.exception and errors(at) == ["the test split has no images of class 'bird'"]
+
+
 def test_upload_replaces_the_dataset_image(env: dict[str, Path]) -> None:
     at = ok(run())
     at.sidebar.file_uploader(key="upload").upload("red.png", png_bytes(), "image/png")
