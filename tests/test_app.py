@@ -92,8 +92,10 @@ def test_filter_is_clamped_when_the_layer_has_fewer_filters(env: dict[str, Path]
 @pytest.mark.parametrize("index", ["2", "15"])  # the tiny test split has 2 ships: #2 is one past the last
 def test_image_index_past_its_class_starts_over(env: dict[str, Path], index: str) -> None:
     at = ok(run({"image": index}))
+    assert at.sidebar.number_input(key="image").label == "Index (0-19)"  # every class: 20 images
     at.sidebar.selectbox(key="cls").select("ship").run()  # the index input's range changes: it starts at 0 again
     assert captions(ok(at))[0] == "tiny test #8 (ship)" and at.sidebar.number_input(key="image").value == 0
+    assert at.sidebar.number_input(key="image").label == "Index (0-1)"
     at = ok(run({"cls": "ship", "image": index}))  # a link with an index past the class
     assert captions(ok(at))[0] == "tiny test #8 (ship)" and at.sidebar.number_input(key="image").value == 0
 
