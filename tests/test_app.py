@@ -82,6 +82,19 @@ def test_grid_image_is_the_selected_methods_reconstruction(env: dict[str, Path])
         assert shown == method, f"method {method} selected, but the grid shows {shown}'s reconstruction"
 
 
+def test_a_net_without_the_chosen_layer_opens_at_its_first(env: dict[str, Path]) -> None:
+    from allconv.checkpoint import Meta, save
+    from allconv.models import layer_names
+    from allconv.preprocess import Preprocess
+
+    model, pre = create("model-a"), Preprocess.fit("standardize", torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    save(env["ckpts"] / "a.safetensors", model, Meta(model="model-a", classes=CLASSES, preprocess=pre))
+    at = ok(run({"layer": "conv9"}))
+    at.sidebar.selectbox(key="checkpoint").select("ckpts/a.safetensors").run()  # Model A has no conv9
+    assert at.sidebar.selectbox(key="layer").value == layer_names(model)[0] == "conv1"
+    assert "conv1 filter 0" in [s.value for s in ok(at).subheader]
+
+
 def test_filter_is_clamped_when_the_layer_has_fewer_filters(env: dict[str, Path]) -> None:
     at = ok(run({"layer": "conv2", "filter": "90"}))
     at.sidebar.selectbox(key="layer").select("conv9").run()
@@ -98,6 +111,7 @@ def test_image_index_past_its_class_starts_over(env: dict[str, Path], index: str
     assert at.sidebar.number_input(key="image").label == "Index (0-1)"
     at = ok(run({"cls": "ship", "image": index}))  # a link with an index past the class
     assert captions(ok(at))[0] == "tiny test #8 (ship)" and at.sidebar.number_input(key="image").value == 0
+    assert captions(ok(run({"cls": "ship", "image": "1"})))[0] == "tiny test #18 (ship)"  # the last one opens
 
 
 def test_a_class_with_one_image_shows_it_and_one_with_none_says_so(env: dict[str, Path], tmp_path: Path,
