@@ -236,6 +236,14 @@ def test_many_channels_equal_one_at_a_time(allcnn, images) -> None:
         torch.testing.assert_close(many[:, k], one, atol=1e-12, rtol=0)
 
 
+def test_one_row_per_pass_is_the_smallest_batch(allcnn, images) -> None:
+    whole = reconstruct(allcnn, images, method="guided", layer="conv3", channel=[0, 5])
+    torch.testing.assert_close(reconstruct(allcnn, images, method="guided", layer="conv3", channel=[0, 5],
+                                           batch_size=1), whole, atol=1e-12, rtol=0)
+    with pytest.raises(AllconvError, match="batch_size must be >= 1, got 0"):
+        reconstruct(allcnn, images, method="guided", layer="conv3", channel=0, batch_size=0)
+
+
 def test_reconstruct_at_rows_are_independent(allcnn, images) -> None:
     x = images[[0, 0, 1]]
     got = reconstruct_at(allcnn, x, method="deconvnet", layer="conv2", channels=[3, 8, 3],
