@@ -3,6 +3,7 @@ that are not ReLUs refused."""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 
 from allconv.errors import AllconvError
 from vis import METHODS, backward_mode
+from vis.modes import shared_backward
 
 RULES = {
     "backprop": lambda g, x: g * (x > 0),
@@ -68,13 +70,28 @@ def test_inplace_relu_keeps_its_semantics_on_a_skip_connection() -> None:
     assert torch.equal(torch.autograd.grad(out, leaf2)[0], plain)  # all upstream gradients positive: guided = plain
 
 
-def test_inplace_relu_on_a_view() -> None:
+INPLACE = {  # every in-place spelling: the base of the view it changes must see the rule
+    "Tensor.relu_": lambda z: z.relu_(),
+    "torch.relu_": lambda z: torch.relu_(z),
+    "F.relu(z, True)": lambda z: F.relu(z, True),
+    "nn.ReLU(inplace=True)": lambda z: nn.ReLU(inplace=True)(z),
+    "Tensor.clamp_(0)": lambda z: z.clamp_(0),
+    "Tensor.clip_(min=0)": lambda z: z.clip_(min=0),
+    "torch.clamp_min_": lambda z: torch.clamp_min_(z, 0),
+    "F.threshold(z, 0, 0, True)": lambda z: F.threshold(z, 0, 0, True),
+    "F.threshold_": lambda z: F.threshold_(z, 0, 0),
+    "aten.relu_": lambda z: torch.ops.aten.relu_(z),
+}
+
+
+@pytest.mark.parametrize("call", list(INPLACE))
+def test_inplace_relu_on_a_view(call: str) -> None:
     x = torch.tensor([[-1.0, 2.0, -3.0], [4.0, -5.0, 6.0]], dtype=torch.float64)
     g = torch.tensor([[1.0, -2.0, 3.0], [-4.0, 5.0, 6.0]], dtype=torch.float64)
     leaf = x.clone().requires_grad_(True)
     with backward_mode("guided"):
         y = leaf * 1.0
-        y[:, :2].relu_()
+        INPLACE[call](y[:, :2])
     got = torch.autograd.grad(y, leaf, g)[0]
     expect = g.clone()
     expect[:, :2] = RULES["guided"](g[:, :2], x[:, :2])
@@ -198,6 +215,8 @@ NOT_RELUS = {
     "maximum(z, ones)": lambda z: torch.maximum(z, torch.ones(())),
     "maximum(z, z2) (maxout)": lambda z: torch.maximum(z, z * 2),
     "minimum(z, 0)": lambda z: torch.minimum(z, torch.zeros(())),
+    "fmin(z, 0)": lambda z: torch.fmin(z, torch.zeros(())),
+    "clip(z, 0, 6)": lambda z: torch.clip(z, 0, 6),
     "min(z, 0)": lambda z: z.min(torch.zeros(())),
     "aten.hardtanh": lambda z: torch.ops.aten.hardtanh(z),
     "F.hardtanh": lambda z: F.hardtanh(z),
@@ -214,6 +233,28 @@ def test_clamps_that_are_not_relus_refused_except_for_backprop(call: str) -> Non
     with backward_mode("backprop"):
         NOT_RELUS[call](x * 1.0).sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("call,named", [
+    (lambda z: torch.clamp_max(z, 1.0), "clamp_max(min=None, max=1.0)"),
+    (lambda z: torch.clip(z, 0, 6), "clip(min=0, max=6)"),
+    (lambda z: z.clamp_min(0.1), "clamp_min(min=0.1, max=None)"),
+    (lambda z: torch.clamp(z.detach(), min=z), "clamp(min=a tensor, max=None)"),
+    (lambda z: torch.fmin(z, torch.zeros(())), "fmin(a, b) with a tensor that needs a gradient"),
+], ids=["clamp_max", "clip", "clamp_min", "tensor-bound", "fmin"])
+def test_a_refused_clamp_is_named_as_called(call, named: str) -> None:
+    with pytest.raises(AllconvError, match=re.escape(f"calls {named}, which is not a ReLU")), backward_mode("guided"):
+        call(torch.randn(3, requires_grad=True) * 1.0)
+
+
+def test_a_shared_forward_applies_its_first_method_until_told_otherwise() -> None:
+    x = torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64)
+    g = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    for methods in (("deconvnet",), ("deconvnet", "guided")):
+        leaf = x.clone().requires_grad_(True)
+        with shared_backward(methods):
+            y = F.relu(leaf * 1.0)
+        assert torch.equal(torch.autograd.grad(y, leaf, g)[0], RULES["deconvnet"](g, x))
 
 
 def test_reductions_and_constant_clamps_pass_through() -> None:

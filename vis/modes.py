@@ -130,7 +130,8 @@ _OTHER = _other_activations()
 
 # A spelling looks at one call and returns: None (nothing in it needs a gradient: the rule cannot matter), the ReLU it
 # is as (first, second, inplace) (second: the zero operand of a two-operand spelling, else None), or a description of
-# the non-ReLU it is (refused).
+# the non-ReLU it is (refused). F.relu and F.threshold hand the mode their ``inplace`` flag by keyword, whatever the
+# caller wrote (torch's handle_torch_function).
 Found = Union[None, str, tuple[torch.Tensor, Optional[torch.Tensor], bool]]
 
 
@@ -156,16 +157,17 @@ def _show(v: object) -> str:
 def _relu(inplace: bool) -> Callable[[tuple, dict], Found]:
     def spell(args: tuple, kwargs: dict) -> Found:
         x = _arg(args, kwargs, 0, "input")
-        return (x, None, inplace or bool(_arg(args, kwargs, 1, "inplace", False))) if _grad(x) else None
+        return (x, None, inplace or bool(kwargs.get("inplace"))) if _grad(x) else None  # F.relu: by keyword
     return spell
 
 
-def _clamp(name: str, inplace: bool, lo_at: int, hi_at: int) -> Callable[[tuple, dict], Found]:
-    """clamp/clip (lo_at=1, hi_at=2), clamp_min (1, -1), clamp_max (-1, 1): a ReLU iff min is 0 and max is None."""
+def _clamp(name: str, inplace: bool, lo_at: int | None, hi_at: int | None) -> Callable[[tuple, dict], Found]:
+    """clamp/clip (lo_at=1, hi_at=2), clamp_min (1, None), clamp_max (None, 1): the positions of min and max (None:
+    the op has no such bound). A ReLU iff min is 0 and max is None."""
     def spell(args: tuple, kwargs: dict) -> Found:
         x = _arg(args, kwargs, 0, "input")
-        lo = _arg(args, kwargs, lo_at, "min") if lo_at > 0 else None
-        hi = _arg(args, kwargs, hi_at, "max") if hi_at > 0 else None
+        lo = None if lo_at is None else _arg(args, kwargs, lo_at, "min")
+        hi = None if hi_at is None else _arg(args, kwargs, hi_at, "max")
         if not (_grad(x) or _grad(lo) or _grad(hi)):
             return None
         if _grad(x) and hi is None and lo is not None and _zero(lo):
@@ -180,7 +182,7 @@ def _threshold(inplace: bool) -> Callable[[tuple, dict], Found]:
         if not _grad(x):
             return None
         if _zero(th) and _zero(value):
-            return x, None, inplace or bool(_arg(args, kwargs, 3, "inplace", False))
+            return x, None, inplace or bool(kwargs.get("inplace"))  # F.threshold passes it by keyword
         return f"threshold(threshold={th!r}, value={value!r})"
     return spell
 
@@ -201,7 +203,7 @@ def _spellings() -> dict[Callable, Callable[[tuple, dict], Found]]:
     table: dict[Callable, Callable[[tuple, dict], Found]] = {F.relu: _relu(False), F.threshold: _threshold(False)}
     for owner in (torch, torch.Tensor):
         table.update({owner.relu: _relu(False), owner.relu_: _relu(True)})  # F.relu_ is torch.relu_
-        for base, lo, hi in (("clamp", 1, 2), ("clip", 1, 2), ("clamp_min", 1, -1), ("clamp_max", -1, 1)):
+        for base, lo, hi in (("clamp", 1, 2), ("clip", 1, 2), ("clamp_min", 1, None), ("clamp_max", None, 1)):
             table[getattr(owner, base)] = _clamp(base, False, lo, hi)
             table[getattr(owner, base + "_")] = _clamp(base, True, lo, hi)
         for base, relu in (("maximum", True), ("fmax", True), ("max", True), ("minimum", False), ("fmin", False),
@@ -216,10 +218,9 @@ _SPELLINGS = _spellings()
 
 def _canonical(func: Callable) -> Callable:
     """An aten op (``torch.ops.aten.relu.default``) as the torch function of that name, so it is classified alike."""
-    qualified = getattr(getattr(func, "overloadpacket", func), "_qualified_op_name", "")
-    if not isinstance(qualified, str) or not qualified.startswith("aten::"):
+    namespace, _, name = str(getattr(getattr(func, "overloadpacket", func), "_qualified_op_name", "")).partition("::")
+    if namespace != "aten":
         return func
-    name = qualified[len("aten::"):]
     return getattr(torch, name, None) or getattr(torch._C._nn, name, None) or func
 
 
