@@ -270,6 +270,24 @@ def test_receptive_field_of_a_branched_net_equals_gradient_support() -> None:
                                                                                                   right), layer
 
 
+def test_a_non_square_field_has_its_own_rows_and_columns() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, (3, 5), stride=(1, 2), padding=(1, 2)), nn.ReLU(),
+                          nn.Conv2d(4, 2, (5, 3), stride=(3, 1), padding=(0, 1))).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+    x = torch.rand(1, 3, 20, 24, dtype=torch.float64) + 0.1
+    rf = receptive_field(model, "2", position=(3, 4), input_size=(20, 24))
+    assert (rf.size_hw, rf.stride_hw, rf.start_hw) == ((7, 9), (3, 2), (-1, -4))
+    assert (rf.size, rf.stride, rf.start) == (7, 3, -1)  # the rows' values: a square field's side, stride, start
+    g = reconstruct(model, x, method="backprop", layer="2", channel=0, position=(3, 4))[0].abs().sum(0)
+    rows, cols = (g > 0).nonzero().unbind(1)
+    assert rf.box() == rf.box(3, 4) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) == (8, 4, 15, 13)
+    with pytest.raises(AllconvError, match="both h and w, or neither"):
+        rf.box(3)
+
+
 def test_torchvision_resnet_strides_follow_the_main_path() -> None:
     import torchvision
 

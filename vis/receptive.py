@@ -30,7 +30,8 @@ class RF:
     """Receptive field of one unit of a layer, per axis (rows, cols).
 
     ``size``: side in input pixels; ``stride``: the jump in input pixels between neighbouring units; ``start``: the
-    first input row/col seen by unit (0, 0) (negative = it reaches into the padding).
+    first input row/col seen by unit (0, 0) (negative = it reaches into the padding). Each is the rows' value, a
+    square field's; ``*_hw`` give rows and columns.
     """
 
     size_hw: tuple[int, int]
@@ -54,7 +55,9 @@ class RF:
     def box(self, h: int | None = None, w: int | None = None) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) in input pixels of unit (h, w) (default: ``position``), bottom/right exclusive,
         clipped to the image."""
-        if h is None or w is None:
+        if (h is None) != (w is None):
+            raise AllconvError(f"box() takes a unit as both h and w, or neither, got h={h}, w={w}")
+        if h is None:
             if self.position is None:
                 raise AllconvError("box() needs a unit (h, w), or a receptive_field(..., position=(h, w))")
             h, w = self.position
