@@ -240,8 +240,9 @@ def test_grid_and_pil() -> None:
 class _Residual(nn.Module):
     """A strided block with a 1x1 stride-2 shortcut (ResNet's downsample): walked as a chain, its stride doubles."""
 
-    def __init__(self) -> None:
+    def __init__(self, shortcut_first: bool = False) -> None:
         super().__init__()
+        self.shortcut_first = shortcut_first  # which operand of the sum holds the larger field
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
         self.a = nn.Conv2d(4, 4, 3, stride=2, padding=1)
         self.b = nn.Conv2d(4, 4, 3, padding=1)
@@ -250,13 +251,15 @@ class _Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.stem(x))
-        y = torch.relu(self.b(torch.relu(self.a(x))) + self.down(x))
+        main, short = self.b(torch.relu(self.a(x))), self.down(x)
+        y = torch.relu(short + main if self.shortcut_first else main + short)
         return self.c(y)
 
 
-def test_receptive_field_of_a_branched_net_equals_gradient_support() -> None:
+@pytest.mark.parametrize("shortcut_first", [False, True])
+def test_receptive_field_of_a_branched_net_equals_gradient_support(shortcut_first: bool) -> None:
     torch.manual_seed(0)
-    model = _Residual().double().eval()
+    model = _Residual(shortcut_first).double().eval()
     with torch.no_grad():
         for p in model.parameters():
             p.abs_()
