@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -271,6 +272,22 @@ def test_receptive_field_of_a_branched_net_equals_gradient_support(shortcut_firs
         top, left, bottom, right = rf.box()
         assert rf.stride == stride and (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (top, bottom, left,
                                                                                                   right), layer
+
+
+class _Functional(nn.Module):
+    """Convs called as F.conv2d with torch's defaults (stride 1, no padding, no dilation), then by keyword."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.w2 = nn.Parameter(torch.ones(4, 3, 3, 3)), nn.Parameter(torch.ones(2, 4, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(torch.relu(F.conv2d(x, self.w1)), weight=self.w2, stride=2, dilation=2)
+
+
+def test_a_functional_conv_with_torchs_defaults_has_its_field() -> None:
+    rf = receptive_field(_Functional(), None, input_size=(16, 16))
+    assert (rf.size_hw, rf.stride_hw, rf.start_hw) == ((7, 7), (2, 2), (0, 0))  # 3, then 3 at dilation 2 (5) -> 7
 
 
 def test_a_non_square_field_has_its_own_rows_and_columns() -> None:
