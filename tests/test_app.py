@@ -56,6 +56,8 @@ def test_widgets_change_layer_filter_method_image_split(env: dict[str, Path]) ->
     assert "conv9 filter 7" in [s.value for s in ok(at).subheader]
     at.sidebar.segmented_control(key="method").set_value("backprop").run()
     assert grid_caption(ok(at)).startswith("conv9, backprop") and len(grid_spec(at)["layer"][1]["data"]["values"]) == 10
+    at.sidebar.number_input(key="image").increment().run()  # + is the next image
+    assert captions(ok(at))[0] == "tiny test #1 (automobile)"
     at.sidebar.selectbox(key="cls").select("dog").run()
     at.sidebar.number_input(key="image").set_value(1).run()
     assert captions(ok(at))[0] == "tiny test #15 (dog)"
