@@ -290,6 +290,61 @@ def test_a_functional_conv_with_torchs_defaults_has_its_field() -> None:
     assert (rf.size_hw, rf.stride_hw, rf.start_hw) == ((7, 7), (2, 2), (0, 0))  # 3, then 3 at dilation 2 (5) -> 7
 
 
+class _Ops(nn.Module):
+    """A 3x3 conv, then one more op (called functionally, as nets and torchvision do)."""
+
+    def __init__(self, op) -> None:
+        super().__init__()
+        self.conv, self.op = nn.Conv2d(3, 2, 3, padding=1), op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(torch.relu(self.conv(x)))
+
+
+OPS = {  # name: (op after the 3x3 conv, its field's (size_hw, stride_hw, start_hw))
+    "avg_pool2d(x, 2)": (lambda x: F.avg_pool2d(x, 2), ((4, 4), (2, 2), (-1, -1))),
+    "avg_pool2d(x, 3, 1, 1)": (lambda x: F.avg_pool2d(x, 3, 1, 1), ((5, 5), (1, 1), (-2, -2))),
+    "max_pool2d(x, 3, 2, 1, 2)": (lambda x: torch.max_pool2d(x, 3, 2, 1, 2), ((7, 7), (2, 2), (-2, -2))),
+    "max_pool2d(x, 2)": (lambda x: F.max_pool2d(x, 2), ((4, 4), (2, 2), (-1, -1))),
+    "torch.max_pool2d(x, 2)": (lambda x: torch.max_pool2d(x, 2), ((4, 4), (2, 2), (-1, -1))),  # torch's defaults
+    "conv 'same', k=4": (lambda x: F.conv2d(x, torch.ones(1, 2, 4, 4), padding="same"), ((6, 6), (1, 1), (-2, -2))),
+    "conv 'same', k=3, dilation 2": (lambda x: F.conv2d(x, torch.ones(1, 2, 3, 3), padding="same", dilation=2),
+                                     ((7, 7), (1, 1), (-3, -3))),
+    "conv2d(x, w, None, 1, 1, 2)": (lambda x: F.conv2d(x, torch.ones(1, 2, 3, 3), None, 1, 1, 2),  # as nn.Conv2d
+                                    ((7, 7), (1, 1), (-2, -2))),
+    "conv 'valid'": (lambda x: F.conv2d(x, torch.ones(1, 2, 3, 2), padding="valid"), ((5, 4), (1, 1), (-1, -1))),
+    "adaptive_avg_pool2d(x, 2)": (lambda x: F.adaptive_avg_pool2d(x, 2), ((6, 6), (4, 4), (-1, -1))),
+    "adaptive_avg_pool2d(x, (None, 4))": (lambda x: F.adaptive_avg_pool2d(x, (None, 4)), ((3, 4), (1, 2), (-1, -1))),
+    "adaptive_max_pool2d(x, 1)": (lambda x: F.adaptive_max_pool2d(x, 1), ((10, 10), (8, 8), (-1, -1))),
+    "adaptive_avg_pool2d(output_size=8)": (lambda x: torch._C._nn.adaptive_avg_pool2d(x, output_size=8),
+                                           ((3, 3), (1, 1), (-1, -1))),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+@pytest.mark.parametrize("op", list(OPS))
+def test_each_op_gives_its_field_and_the_gradient_fills_it(op: str) -> None:
+    call, want = OPS[op]
+    torch.manual_seed(0)
+    model = _Ops(call).eval()
+    with torch.no_grad():
+        model.conv.weight.abs_()
+        model.conv.bias.fill_(1.0)  # every unit of the conv's output is positive, so the ReLU passes everything
+    rf = receptive_field(model, None, position=(0, 1), input_size=(8, 8))
+    assert (rf.size_hw, rf.stride_hw, rf.start_hw) == want
+    if "max_pool" not in op:  # a max pool's gradient reaches only its argmax; every other op's fills the field
+        g = reconstruct(model, torch.rand(1, 3, 8, 8) + 0.1, method="backprop", layer=None, channel=0,
+                        position=(0, 1))[0].abs().sum(0)
+        rows, cols = (g > 0).nonzero().unbind(1)
+        assert (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) == rf.box(), op
+
+
+@pytest.mark.parametrize("out", [3, (3, 4), (None, 3)])
+def test_an_adaptive_pool_whose_windows_differ_has_no_field(out) -> None:
+    with pytest.raises(AllconvError, match="has no receptive field"):
+        receptive_field(_Ops(lambda x: F.adaptive_avg_pool2d(x, out)), None, input_size=(8, 8))
+
+
 def test_a_non_square_field_has_its_own_rows_and_columns() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, (3, 5), stride=(1, 2), padding=(1, 2)), nn.ReLU(),

@@ -3,7 +3,8 @@
 One forward pass on a blank input of ``input_size`` runs under a torch function mode that carries each tensor's
 geometry (per axis: field ``size``, ``jump`` between neighbouring units, ``start`` of unit 0, in input pixels) from
 op to op: a conv or pool (kernel, stride, padding, dilation) composes ``size += (k_eff - 1) * jump``,
-``start -= padding * jump``, ``jump *= stride``; global (adaptive) pooling widens the field to the whole map; any
+``start -= padding * jump``, ``jump *= stride``; an adaptive pool is a pool of n / out (global: the whole map) where
+out divides n, and has no field where it does not (its windows then differ from unit to unit); any
 other op whose output keeps its inputs' spatial size (ReLU, BN, a residual add, a channel concat) takes the union of
 their fields. So branches (ResNet's downsample path, DenseNet's concats) are exact, not walked as a chain. An op that
 changes the spatial size in another way (interpolation, flatten) has no field: asking for one is an error.
@@ -12,7 +13,6 @@ changes the spatial size in another way (interpolation, flatten) has no field: a
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,15 +108,22 @@ def _window(name: str, args: tuple, kwargs: dict) -> tuple[tuple[int, int], ...]
     return _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)
 
 
-def _through(name: str, args: tuple, kwargs: dict, geo: _Geo, n: tuple[int, int]) -> _Geo:
+def _adaptive(args: tuple, kwargs: dict, n: tuple[int, int]) -> tuple[tuple[int, int], ...] | None:
+    """An adaptive pool's window where it has one: each output unit pools n / out inputs, out dividing n (None keeps
+    the axis). Otherwise its windows differ from unit to unit in size and step: no one field (None), not a guess."""
+    raw = args[1] if len(args) > 1 else kwargs["output_size"]
+    out = [n[i] if o is None else int(o) for i, o in enumerate((raw, raw) if isinstance(raw, int) else raw)]
+    if any(n[i] % out[i] for i in range(2)):
+        return None
+    k = (n[0] // out[0], n[1] // out[1])
+    return k, k, (0, 0), (1, 1)
+
+
+def _through(name: str, args: tuple, kwargs: dict, geo: _Geo, n: tuple[int, int]) -> _Geo | None:
     """The field after a conv, pool or adaptive pool whose input has field ``geo`` and spatial size ``n``."""
-    if name in _ADAPTIVE:
-        out = _pair(args[1] if len(args) > 1 else kwargs["output_size"])
-        k = tuple(n[i] if out[i] in (None, 1) else math.ceil(n[i] / out[i]) for i in range(2))
-        s = tuple(max(1, n[i] // (out[i] or n[i])) for i in range(2))
-        window = (k, s, (0, 0), (1, 1))
-    else:
-        window = _window(name, args, kwargs)
+    window = _adaptive(args, kwargs, n) if name in _ADAPTIVE else _window(name, args, kwargs)
+    if window is None:
+        return None
     k, s, p, d = window
     size, jump, start = list(geo.size), list(geo.jump), list(geo.start)
     for i in range(2):
