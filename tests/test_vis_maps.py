@@ -339,6 +339,18 @@ def test_each_op_gives_its_field_and_the_gradient_fills_it(op: str) -> None:
         assert (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) == rf.box(), op
 
 
+@pytest.mark.parametrize("call,want", [
+    (lambda x: F.max_pool2d(x, 2, return_indices=True)[0], ((4, 4), (2, 2), (-1, -1))),  # a tuple: (maps, indices)
+    (lambda x: torch.split(x, 8, dim=1)[0], ((3, 3), (1, 1), (-1, -1))),  # a tuple of one
+    (lambda x: x.amax(dim=(0, 2, 3)), ((10, 10), (8, 8), (-1, -1))),  # a 1-D vector: the whole map
+    (lambda x: F.adaptive_avg_pool2d(x, 1).flatten(1), ((10, 10), (8, 8), (-1, -1))),  # (N, C) features
+    (lambda x: (torch.zeros(1, 2), F.adaptive_avg_pool2d(x, 1))[1], ((10, 10), (8, 8), (-1, -1))),  # made from ints
+], ids=["return_indices", "split", "1-D", "2-D", "a-tensor-made-from-sizes"])
+def test_tuples_vectors_and_new_tensors_keep_the_field(call, want) -> None:
+    rf = receptive_field(_Ops(call), None, input_size=(8, 8))
+    assert (rf.size_hw, rf.stride_hw, rf.start_hw) == want
+
+
 @pytest.mark.parametrize("out", [3, (3, 4), (None, 3)])
 def test_an_adaptive_pool_whose_windows_differ_has_no_field(out) -> None:
     with pytest.raises(AllconvError, match="has no receptive field"):

@@ -142,7 +142,7 @@ class _Tracer(TorchFunctionMode):
 
     def of(self, t: object) -> _Geo | None:
         entry = self.geo.get(id(t)) if torch.is_tensor(t) else None
-        return entry[1] if entry is not None and entry[0] is t else None
+        return None if entry is None else entry[1]
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
