@@ -345,16 +345,22 @@ def test_each_op_gives_its_field_and_the_gradient_fills_it(op: str) -> None:
     (lambda x: x.amax(dim=(0, 2, 3)), ((10, 10), (8, 8), (-1, -1))),  # a 1-D vector: the whole map
     (lambda x: F.adaptive_avg_pool2d(x, 1).flatten(1), ((10, 10), (8, 8), (-1, -1))),  # (N, C) features
     (lambda x: (torch.zeros(1, 2), F.adaptive_avg_pool2d(x, 1))[1], ((10, 10), (8, 8), (-1, -1))),  # made from ints
-], ids=["return_indices", "split", "1-D", "2-D", "a-tensor-made-from-sizes"])
+    (lambda x: (torch.zeros(1, 1, 8, 8), x)[1], ((3, 3), (1, 1), (-1, -1))),
+], ids=["return_indices", "split", "1-D", "2-D", "a-vector-made-from-sizes", "a-map-made-from-sizes"])
 def test_tuples_vectors_and_new_tensors_keep_the_field(call, want) -> None:
     rf = receptive_field(_Ops(call), None, input_size=(8, 8))
     assert (rf.size_hw, rf.stride_hw, rf.start_hw) == want
 
 
-@pytest.mark.parametrize("out", [3, (3, 4), (None, 3)])
-def test_an_adaptive_pool_whose_windows_differ_has_no_field(out) -> None:
+@pytest.mark.parametrize("call", [
+    lambda x: F.adaptive_avg_pool2d(x, 3), lambda x: F.adaptive_avg_pool2d(x, (3, 4)),
+    lambda x: F.adaptive_max_pool2d(x, (None, 3)),  # windows that differ from unit to unit
+    lambda x: x.reshape(1, 2, 4, 16), lambda x: x[:, :, ::2, ::2],  # the map's size changed by an op we do not model
+    lambda x: x + F.interpolate(x, size=(8, 8)),  # one operand of the sum has no field
+], ids=["adaptive-3", "adaptive-3x4", "adaptive-Nonex3", "reshape", "strided-slice", "sum-with-interpolated"])
+def test_an_op_whose_field_is_not_one_box_has_none(call) -> None:
     with pytest.raises(AllconvError, match="has no receptive field"):
-        receptive_field(_Ops(lambda x: F.adaptive_avg_pool2d(x, out)), None, input_size=(8, 8))
+        receptive_field(_Ops(call), None, input_size=(8, 8))
 
 
 def test_a_non_square_field_has_its_own_rows_and_columns() -> None:
