@@ -5,6 +5,7 @@ for small receptive fields, class names on the class layer, colour scales, and o
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -70,10 +71,12 @@ def _all_positions(model: nn.Module, images: torch.Tensor, pre: Preprocess, laye
                                positions=np.tile(pos, (f, 1, 1)), boxes=np.zeros((f, k, 4), np.int64))
 
 
-def _cut(src: torch.Tensor, top: int, left: int, size: int, fill: float) -> torch.Tensor:
-    """Reference crop of one (C, H, W) image: the size x size square at (top, left), ``fill`` outside the image."""
-    out = torch.full((src.shape[0], size, size), fill, dtype=src.dtype)
-    t, l, b, r = max(top, 0), max(left, 0), min(top + size, src.shape[1]), min(left + size, src.shape[2])
+def _cut(src: torch.Tensor, top: int, left: int, size: int | tuple[int, int], fill: float) -> torch.Tensor:
+    """Reference crop of one (C, H, W) image: the size x size (or (h, w)) box at (top, left), ``fill`` outside the
+    image."""
+    sh, sw = (size, size) if isinstance(size, int) else size
+    out = torch.full((src.shape[0], sh, sw), fill, dtype=src.dtype)
+    t, l, b, r = max(top, 0), max(left, 0), min(top + sh, src.shape[1]), min(left + sw, src.shape[2])
     out[:, t - top:b - top, l - left:r - left] = src[:, t:b, l:r]
     return out
 
@@ -136,11 +139,15 @@ def test_windowed_reconstruction_equals_full_image_at_every_position(images, pre
 
 def test_reconstructions_of_real_picks_match_full_image(net, images, pre) -> None:
     s = figure2.scan(net, images, pre, layer="conv6", top_k=2, progress=False)
+    t0 = time.perf_counter()
     fast = figure2.reconstructions(net, images, pre, s, methods=["guided"], filters=[1, 9])["guided"]
+    spent = time.perf_counter() - t0
     slow = figure2.reconstructions(net, images, pre, s, methods=["guided"], filters=[1, 9], crop=False)["guided"]
     assert fast.shape == (2, 2, 3, 19, 19) and fast.abs().amax() > 0
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5 * float(slow.abs().max()))
     assert set(s.seconds) == {"scan", "guided"}  # (a one-method call: its own key)
+    assert 0 <= s.seconds["guided"] <= spent + 1e-3  # the time the call took (rounded to ms), not a timestamp
+    assert figure2.attach(s, images, {"guided": fast}, filters=[1, 9]) is s and s.recons["guided"].shape == fast.shape
 
 
 def test_patches_are_the_rf_with_gray_outside(images, pre) -> None:
@@ -154,21 +161,43 @@ def test_patches_are_the_rf_with_gray_outside(images, pre) -> None:
     assert (tiles[0, 0, :, :9, :] == PATCH_FILL).all()  # unit (0, 0): its RF starts 9 px above the image
 
 
-def test_receptive_field_longer_than_the_image_gives_the_whole_image(images, pre) -> None:
-    """conv6's RF (19 px) on 16x16 images covers every side: each tile is the whole image, and its signal is the
-    full-image reconstruction, nothing cut off (as for ResNet-50's layer4 on 224 px)."""
-    model, small = _mini(False), images[:8, :, :16, :16].contiguous()
+@pytest.mark.parametrize("h,w,window", [(16, 16, (16, 16)), (19, 19, (19, 19)), (32, 16, (24, 16)),
+                                         (20, 32, (20, 24))])
+def test_a_tile_is_the_rf_or_a_whole_side_of_the_image(images, pre, h: int, w: int, window: tuple[int, int]) -> None:
+    """conv6's RF is 19 px: along a side of the image no longer than that, the tile is the whole side and its signal
+    the full-image reconstruction's, nothing cut off (as for ResNet-50's layer4 on 224 px); along a longer side, the
+    RF's. Non-square images included, and a side exactly as long as the RF."""
+    model, small = _mini(False), images[:8, :, :h, :w].contiguous()
     s = _all_positions(model, small, pre, "conv6")
-    assert s.rf_size == 19 and s.image_size == (16, 16)
-    tiles, x = figure2.patches(small, s, filters=[3]), pre(small)
+    assert s.rf_size == 19 and s.image_size == (h, w) and figure2._window_size(s) == window
+    k, size, x = s.top_k, (min(19, h), min(19, w)), pre(small)
+    starts = np.array(s.rf_offset) + s.positions[3] * np.array(s.rf_stride)
+    starts[:, [19 >= h, 19 >= w]] = 0  # a whole side starts at the image's edge
+    idx, pos = torch.arange(k) % 8, torch.from_numpy(s.positions[3])
+    tiles = figure2.patches(small, s, filters=[3])
+    assert torch.equal(tiles[0], torch.stack([_cut(small[i % 8], *map(int, starts[i]), size, PATCH_FILL)
+                                              for i in range(k)]))
     got = figure2.reconstructions(model, small, pre, s, filters=[3])
-    idx, pos = torch.arange(s.top_k) % 8, torch.from_numpy(s.positions[3])
-    assert tiles.shape == (1, s.top_k, 3, 16, 16) and torch.equal(tiles[0], small[idx])
     for m in METHODS:
-        full = reconstruct_at(model, x[idx], method=m, layer="conv6", channels=torch.full((s.top_k,), 3),
-                              positions=pos)
-        assert got[m].shape == (1, s.top_k, 3, 16, 16)
-        torch.testing.assert_close(got[m][0], full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
+        full = reconstruct_at(model, x[idx], method=m, layer="conv6", channels=torch.full((k,), 3), positions=pos)
+        want = torch.stack([_cut(full[i], *map(int, starts[i]), size, 0.0) for i in range(k)])
+        assert float(want.abs().sum()) == pytest.approx(float(full.abs().sum()), rel=1e-6)  # nothing outside
+        assert got[m].shape == (1, k, 3, *size)
+        torch.testing.assert_close(got[m][0], want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_the_window_holds_an_rf_at_any_alignment_to_the_stride(images, pre) -> None:
+    """A 3x3 conv then a 2x2 pool: a 4 px RF on a stride of 2 that starts at odd pixels, so its stride-aligned window
+    must be 6 px, not 4."""
+    torch.manual_seed(2)
+    model = AllConvNet(OrderedDict(conv1=ConvBlock(3, 8, 3), pool1=nn.MaxPool2d(2, 2), conv2=ConvBlock(8, 8, 1),
+                                   gap=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten()), "even").eval()
+    s = _all_positions(model, images[:8], pre, "conv2")
+    assert (s.rf_size, s.rf_offset, figure2._window_size(s)) == (4, (-1, -1), (6, 6))
+    got = figure2.reconstructions(model, images[:8], pre, s, filters=[1])
+    slow = figure2.reconstructions(model, images[:8], pre, s, filters=[1], crop=False)
+    for m in METHODS:
+        torch.testing.assert_close(got[m], slow[m], rtol=1e-4, atol=1e-5 * float(slow[m].abs().max()))
 
 
 # --- save / load ---------------------------------------------------------------------------------------------------
