@@ -373,6 +373,8 @@ def test_bad_input_is_one_line(net, images, pre, fig) -> None:
         (lambda: figure2.reconstructions(net, images, pre, s, methods=["lrp"]), "unknown method 'lrp'"),
         (lambda: figure2.figure(dataclasses.replace(s, patches=None)), "no tiles yet"),
         (lambda: figure2.figure(s, filters=[1]), "asked for filters 1"),
+        (lambda: figure2.figure(s, filters=[9, 1, 2, 4, 5, 6, 2, 10]),  # runs of filters are named as ranges
+         r"for filters 0,3,7; asked for filters 1-2,4-6,9-10: re-run"),
         (lambda: figure2.figure(dataclasses.replace(s, recons={"guided": s.recons["guided"]}), ["backprop"]),
          "holds methods guided .* asked for backprop"),
     ]

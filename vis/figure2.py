@@ -111,7 +111,7 @@ def _picks(scan: Scan, rows: list[int]) -> dict[str, torch.Tensor]:
     """The picks of ``rows``, flattened filter-major: image, channel, map position and unclipped RF start."""
     k = scan.top_k
     pos = torch.from_numpy(scan.positions[rows].reshape(-1, 2))
-    return {"image": torch.from_numpy(scan.image_index[rows].reshape(-1)),
+    return {"image": torch.from_numpy(scan.image_index[rows].ravel()),
             "channel": torch.tensor(rows, dtype=torch.long).repeat_interleave(k), "positions": pos,
             "rf_start": torch.tensor(scan.rf_offset) + pos * torch.tensor(scan.rf_stride)}
 
@@ -191,7 +191,7 @@ def figure(scan_or_npz: Scan | str | Path, methods: Sequence[str] | None = None,
     if captions is not None:  # a caption band over every panel's tiles keeps the rows aligned
         _check_count(captions, scan.num_images, "captions", "scanned image")
         labels = [[""] * len(tiles[0]) for _ in tiles]
-        labels[0] = [str(captions[i]) for i in scan.image_index[wanted].reshape(-1)]
+        labels[0] = [str(captions[i]) for i in scan.image_index[wanted].ravel()]
     up = tile_scale(max(_tile(scan)), scale)
     titles = [TITLES["patches"] + (" (each image's label above it)" if captions is not None else "")]
     grids = [(name, render.grid(t, nrow=scan.top_k, pad=1, labels=lab, scale=up))
