@@ -361,6 +361,11 @@ def test_image_figure_layout() -> None:
     assert img.width >= label_width(["conv6 #0"]) + 3 * 98 + BAR_W + 2 * GAP
 
 
+def test_figure2_shows_a_progress_bar_by_default(net, images, pre, capsys) -> None:
+    figure2.figure2(net, images[:4], pre, layer="conv3", filters=[0], top_k=1, methods=["guided"])
+    assert "scan conv3" in capsys.readouterr().err  # tqdm's bar, on stderr
+
+
 def test_bad_input_is_one_line(net, images, pre, fig) -> None:
     s, _ = fig
     cases = [
