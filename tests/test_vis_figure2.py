@@ -335,9 +335,10 @@ def test_class_layer_rows_are_named_and_patches_captioned(net, images, pre, monk
                                                             progress=False), methods=["guided"], filters=[3],
                         classes=classes, labels=labels)
     assert seen["rows"] == ["conv6 #3"]  # not the class layer
-    with pytest.raises(AllconvError, match=r"label 12 is not a class index 0..9"):
-        figure2.render_scan(net, images[:16], pre, s, methods=["guided"], filters=[3], classes=classes,
-                            labels=torch.where(labels == 4, 12, labels))
+    for bad in (12, 10, -1):  # 10: one past the last class
+        with pytest.raises(AllconvError, match=rf"label {bad} is not a class index 0..9"):
+            figure2.render_scan(net, images[:16], pre, s, methods=["guided"], filters=[3], classes=classes,
+                                labels=torch.where(labels == 4, bad, labels))
     with pytest.raises(AllconvError, match=r"3 captions for 16 scanned images; give one per scanned image"):
         figure2.figure(s, captions=["a", "b", "c"])
 
