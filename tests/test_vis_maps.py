@@ -332,11 +332,17 @@ def test_each_op_gives_its_field_and_the_gradient_fills_it(op: str) -> None:
         model.conv.bias.fill_(1.0)  # every unit of the conv's output is positive, so the ReLU passes everything
     rf = receptive_field(model, None, position=(0, 1), input_size=(8, 8))
     assert (rf.size_hw, rf.stride_hw, rf.start_hw) == want
+    assert all(type(v) is int for v in (*rf.size_hw, *rf.stride_hw, *rf.start_hw, *rf.box()))  # pixel indices
     if "max_pool" not in op:  # a max pool's gradient reaches only its argmax; every other op's fills the field
         g = reconstruct(model, torch.rand(1, 3, 8, 8) + 0.1, method="backprop", layer=None, channel=0,
                         position=(0, 1))[0].abs().sum(0)
         rows, cols = (g > 0).nonzero().unbind(1)
         assert (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) == rf.box(), op
+
+
+def test_an_adaptive_pool_on_a_non_square_map_pools_each_side_by_its_own_factor() -> None:
+    rf = receptive_field(_Ops(lambda x: F.adaptive_avg_pool2d(x, (2, 8))), None, input_size=(8, 16))
+    assert (rf.size_hw, rf.stride_hw, rf.start_hw) == ((6, 4), (4, 2), (-1, -1))  # windows of 4x2
 
 
 @pytest.mark.parametrize("call,want", [

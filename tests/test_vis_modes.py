@@ -3,6 +3,7 @@ that are not ReLUs refused."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 
@@ -245,6 +246,13 @@ def test_clamps_that_are_not_relus_refused_except_for_backprop(call: str) -> Non
 def test_a_refused_clamp_is_named_as_called(call, named: str) -> None:
     with pytest.raises(AllconvError, match=re.escape(f"calls {named}, which is not a ReLU")), backward_mode("guided"):
         call(torch.randn(3, requires_grad=True) * 1.0)
+
+
+def test_an_out_argument_is_left_to_torch_which_refuses_it_under_autograd() -> None:
+    x = torch.randn(3, requires_grad=True) * 1.0
+    for mode in (contextlib.nullcontext(), backward_mode("guided")):
+        with mode, pytest.raises(RuntimeError, match="out="):
+            torch.clamp(x, min=0, out=torch.empty(3))
 
 
 def test_a_shared_forward_applies_its_first_method_until_told_otherwise() -> None:
