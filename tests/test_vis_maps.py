@@ -356,6 +356,7 @@ def test_an_adaptive_pool_on_a_non_square_map_pools_each_side_by_its_own_factor(
 def test_tuples_vectors_and_new_tensors_keep_the_field(call, want) -> None:
     rf = receptive_field(_Ops(call), None, input_size=(8, 8))
     assert (rf.size_hw, rf.stride_hw, rf.start_hw) == want
+    assert all(type(v) is int for v in (*rf.size_hw, *rf.stride_hw, *rf.start_hw))
 
 
 @pytest.mark.parametrize("call", [
