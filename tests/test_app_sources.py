@@ -18,7 +18,7 @@ from allconv.errors import AllconvError
 from allconv.models import create
 from allconv.preprocess import Preprocess
 from app.allow import NO_CHECKPOINT, NO_DATASET
-from appkit import MAIN, captions, errors, ok, png_bytes, run
+from appkit import MAIN, captions, errors, ok, png_bytes, png_header, run
 
 
 def offer(monkeypatch: pytest.MonkeyPatch, var: str, *folders: Path) -> None:
@@ -271,6 +271,24 @@ def test_scrub_cuts_server_paths(env: dict[str, Path], monkeypatch: pytest.Monke
     assert allow.scrub("conv6/conv9 at 3/4 of fp32/bf16") == "conv6/conv9 at 3/4 of fp32/bf16"
 
 
+def test_the_layer_views_scan_sizes_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 images (ALLCONV_SCAN_LIMIT's default: a CIFAR test split, whole); at most 500 at a torchvision model's
+    input (224 px: 49x the work per image), as the README says."""
+    from types import SimpleNamespace
+
+    from app import cache, config
+    from app.views import layer
+
+    monkeypatch.delenv("ALLCONV_SCAN_LIMIT", raising=False)
+    monkeypatch.setattr(cache, "fitted", lambda _src, _split, limit, size, _resize, images: images[:limit])
+    data = SimpleNamespace(x_test=torch.zeros(10_001, 3, 32, 32, dtype=torch.uint8))
+    ours = SimpleNamespace(data=data, net=SimpleNamespace(size=32, resize=None), split="test", source="")
+    assert len(layer._images(ours, config.scan_limit())) == 10_000
+    torchvision = SimpleNamespace(data=data, net=SimpleNamespace(size=224, resize=256), split="test", source="")
+    assert len(layer._images(torchvision, config.scan_limit())) == 500
+    assert len(layer._images(torchvision, 20)) == 20
+
+
 def test_scrub_cuts_a_path_to_its_innermost_root(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from app import allow
 
@@ -312,6 +330,8 @@ def test_sources_and_config(env: dict[str, Path], monkeypatch: pytest.MonkeyPatc
     with pytest.raises(AllconvError, match="unknown class"):
         sources.class_indices(splits, "test", "zebra")
     up = sources.from_upload("g.png", png_bytes((7, 9), "L"))
+    with pytest.raises(AllconvError, match="42123x1187 pixels; the limit is 50 megapixels"):
+        sources.from_upload("edge.png", png_header(42123, 1187))  # 50,000,001 pixels: one over (header only)
     assert up.image.shape == (3, 32, 32) and up.image.dtype == torch.uint8
     monkeypatch.setenv("ALLCONV_SCAN_LIMIT", "1")  # the smallest limit there is
     assert config.scan_limit() == 1
