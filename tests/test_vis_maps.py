@@ -340,6 +340,11 @@ def test_each_op_gives_its_field_and_the_gradient_fills_it(op: str) -> None:
         assert (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) == rf.box(), op
 
 
+def test_a_net_without_parameters_has_a_field() -> None:
+    rf = receptive_field(nn.Sequential(nn.MaxPool2d(2), nn.AvgPool2d(3, 1, 1)), None, input_size=(8, 8))
+    assert (rf.size_hw, rf.stride_hw, rf.start_hw) == ((6, 6), (2, 2), (-2, -2))
+
+
 def test_an_adaptive_pool_on_a_non_square_map_pools_each_side_by_its_own_factor() -> None:
     rf = receptive_field(_Ops(lambda x: F.adaptive_avg_pool2d(x, (2, 8))), None, input_size=(8, 16))
     assert (rf.size_hw, rf.stride_hw, rf.start_hw) == ((6, 4), (4, 2), (-1, -1))  # windows of 4x2
