@@ -362,9 +362,13 @@ def test_image_figure_layout() -> None:
     assert img.width >= label_width(["conv6 #0"]) + 3 * 98 + BAR_W + 2 * GAP
 
 
-def test_figure2_shows_a_progress_bar_by_default(net, images, pre, capsys) -> None:
-    figure2.figure2(net, images[:4], pre, layer="conv3", filters=[0], top_k=1, methods=["guided"])
+def test_figure2_defaults_to_a_progress_bar_and_the_top_9(net, images, pre, capsys) -> None:
+    t0 = time.perf_counter()
+    s, _ = figure2.figure2(net, images[:16], pre, layer="conv3", filters=[0], methods=["guided"])
+    spent = time.perf_counter() - t0
     assert "scan conv3" in capsys.readouterr().err  # tqdm's bar, on stderr
+    assert s.top_k == 9 and s.recons["guided"].shape[:2] == (1, 9)  # the paper's Figure 2: 9 patches per filter
+    assert 0 <= s.seconds["render"] <= spent + 1e-3  # the time drawing took, not a timestamp
 
 
 def test_bad_input_is_one_line(net, images, pre, fig) -> None:
