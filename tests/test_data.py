@@ -96,6 +96,17 @@ def test_validation_split_is_seeded_and_disjoint() -> None:
     assert len(train_ids) == 80 and len(val_ids) == 20 and not train_ids & val_ids
     with pytest.raises(AllconvError, match="validation size"):
         data.split_validation(x, y, 100)
+    x_tr, _, x_val, y_val = data.split_validation(x, y, 0)  # --val-size 0: train on every image
+    assert torch.equal(x_tr, x) and len(x_val) == len(y_val) == 0
+
+
+def test_a_bare_validation_split_is_the_trainers() -> None:
+    from allconv.config import TrainConfig
+
+    x, y = torch.arange(6000).view(6000, 1, 1, 1).to(torch.int32), torch.arange(6000) % 10
+    cfg = TrainConfig()
+    bare, trainers = data.split_validation(x, y), data.split_validation(x, y, cfg.val_size, cfg.seed)
+    assert len(bare[2]) == 5000 and all(torch.equal(u, v) for u, v in zip(bare, trainers))
 
 
 def _npz(path: Path, n: int = 12) -> Path:
@@ -195,8 +206,39 @@ def test_unreadable_image() -> None:
 
 def test_named_dataset_without_download_is_offline_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALLCONV_DATA_ROOT", str(tmp_path / "tv"))
-    with pytest.raises(AllconvError, match="--download"):
+    with pytest.raises(AllconvError, match=r"^cifar100 is not in .*; pass --download to fetch it with torchvision"):
         data.load("cifar100", cache_dir=tmp_path / "c")
+
+
+def test_a_broken_torchvision_folder_says_to_delete_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLCONV_DATA_ROOT", str(tmp_path / "tv"))
+    (tmp_path / "tv" / "cifar10" / "cifar-10-batches-py").mkdir(parents=True)  # present, but holds no batches
+    with pytest.raises(AllconvError, match=r"^cifar10 in .* is unreadable \(.*\); delete the folder and pass "
+                                           r"--download$"):
+        data.load("cifar10", cache_dir=tmp_path / "c")
+
+
+@pytest.mark.parametrize("name,folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
+def test_a_torchvision_folder_is_read_with_its_own_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                                          folder: str) -> None:
+    """torchvision's CIFAR10 / CIFAR100 (stand-ins here: the real ones check their files' md5 sums) as NCHW Splits."""
+    from torchvision import datasets
+
+    def stand_in(tag: str) -> type:
+        class Stand:
+            def __init__(self, root: str, train: bool, download: bool) -> None:
+                self.data = np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3)[: 2 if train else 1]
+                self.targets, self.classes = [3] * len(self.data), [f"{tag}{i}" for i in range(10)]
+        return Stand
+
+    monkeypatch.setattr(datasets, "CIFAR10", stand_in("ten"))
+    monkeypatch.setattr(datasets, "CIFAR100", stand_in("hundred"))
+    monkeypatch.setenv("ALLCONV_DATA_ROOT", str(tmp_path / "tv"))
+    (tmp_path / "tv" / name / folder).mkdir(parents=True)
+    s = data.load(name, cache_dir=tmp_path / "c")
+    assert s.classes[0] == ("ten0" if name == "cifar10" else "hundred0")
+    assert s.x_train.shape == (2, 3, 32, 32) and len(s.x_test) == 1 and s.y_train.tolist() == [3, 3]
+    assert s.x_train[1, 2, 0, 1] == (32 * 32 * 3 + 3 + 2) % 256  # pixel (0, 1) of image 1, blue: NHWC to NCHW
 
 
 def test_named_dataset_download_without_network_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
