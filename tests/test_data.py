@@ -210,6 +210,12 @@ def test_named_dataset_without_download_is_offline_error(tmp_path: Path, monkeyp
         data.load("cifar100", cache_dir=tmp_path / "c")
 
 
+def test_a_reason_is_one_short_line() -> None:
+    assert data._reason(RuntimeError("first line " + "x" * 200 + "\nsecond")) == ("first line " + "x" * 200)[:100]
+    assert data._reason(EOFError()) == "EOFError"
+    assert data._reason(urllib.error.URLError(OSError(-3, "no DNS"))) == "[Errno -3] no DNS"
+
+
 def test_a_broken_torchvision_folder_says_to_delete_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALLCONV_DATA_ROOT", str(tmp_path / "tv"))
     (tmp_path / "tv" / "cifar10" / "cifar-10-batches-py").mkdir(parents=True)  # present, but holds no batches
