@@ -157,9 +157,7 @@ def _from_npz(path: Path) -> Splits:
             raise AllconvError(f"{path}: x_{k} has {len(x)} images but y_{k} has {len(y)} labels")
         if not len(y):
             raise AllconvError(f"{path}: x_{k} and y_{k} are empty; the {k} split needs at least one image")
-    n = _num_classes(ys[0], ys[1], names, path)
-    classes = names if names is not None else [str(i) for i in range(n)]
-    return Splits(xs[0], ys[0], xs[1], ys[1], classes, path.stem)
+    return Splits(xs[0], ys[0], xs[1], ys[1], _classes(ys[0], ys[1], names, path), path.stem)
 
 
 def _labels(a: np.ndarray, path: Path, split: str) -> torch.Tensor:
@@ -167,20 +165,20 @@ def _labels(a: np.ndarray, path: Path, split: str) -> torch.Tensor:
     if not np.issubdtype(a.dtype, np.integer):
         raise AllconvError(f"{path}: y_{split} holds {a.dtype} labels; store integer class indices 0..C-1 "
                            "(e.g. y.astype(np.int64))")
-    y = torch.from_numpy(a.astype(np.int64).reshape(-1))
+    y = torch.from_numpy(a.astype(np.int64).ravel())
     if len(y) and int(y.min()) < 0:
         raise AllconvError(f"{path}: y_{split} has label {int(y.min())}; labels must be class indices 0..C-1")
     return y
 
 
-def _num_classes(y_train: torch.Tensor, y_test: torch.Tensor, names: list[str] | None, path: Path) -> int:
-    """The class count C: ``len(label_names)``, else max label + 1, refusing labels that do not fit."""
+def _classes(y_train: torch.Tensor, y_test: torch.Tensor, names: list[str] | None, path: Path) -> list[str]:
+    """The class names: ``label_names``, else "0".."C-1" for C = max label + 1, refusing labels that do not fit."""
     top, split = max((int(y_train.max()), "train"), (int(y_test.max()), "test"))
     if names is not None:
         if top >= len(names):
             raise AllconvError(f"{path}: y_{split} has label {top} but label_names lists only {len(names)} classes "
                                f"(0..{len(names) - 1}); fix the label or add its name")
-        return len(names)
+        return names
     n, used = top + 1, len(torch.unique(torch.cat([y_train, y_test])))
     if n > MAX_CLASSES:
         raise AllconvError(f"{path}: y_{split} has label {top}, which would make {n} classes (at most "
@@ -188,7 +186,7 @@ def _num_classes(y_train: torch.Tensor, y_test: torch.Tensor, names: list[str] |
     if n > 2 * used:  # so most of 0..C-1 never occurs in either split: one stray value, not a real class
         raise AllconvError(f"{path}: y_{split} has label {top}, which would make {n} classes but the labels hold only "
                            f"{used} distinct values; fix that label, or store label_names listing every class")
-    return n
+    return [str(i) for i in range(n)]
 
 
 def _nchw(a: np.ndarray, path: Path) -> torch.Tensor:
@@ -200,7 +198,8 @@ def _nchw(a: np.ndarray, path: Path) -> torch.Tensor:
 
 
 def _from_folder(path: Path) -> Splits:
-    """An image-folder tree ``{train,test}/<class>/<images>`` from a directory or an archive."""
+    """An image-folder tree ``{train,test}/<class>/<images>`` from a directory or an archive; each split's images
+    come out square at the width of its first image (the others center-cropped and resized)."""
     splits: dict[str, dict[str, list[tuple[str, Callable[[], bytes]]]]] = {"train": {}, "test": {}}
     for rel, read in list_files(path):
         place = _place(rel)

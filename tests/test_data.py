@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 import time
 import urllib.error
@@ -116,6 +117,26 @@ def _npz(path: Path, n: int = 12) -> Path:
     return path
 
 
+def _images_npz(root: Path, x: np.ndarray) -> Path:
+    np.savez(root / "i.npz", x_train=x, y_train=np.arange(len(x)) % 2, x_test=x, y_test=np.arange(len(x)) % 2)
+    return root / "i.npz"
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 4, 3)], ids=["NCHW", "both-3-means-NCHW"])
+def test_npz_images_in_nchw_load_as_they_are(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    x = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    assert np.array_equal(data.load(_images_npz(tmp_path, x), cache_dir=tmp_path / "c").x_train.numpy(), x)
+
+
+def test_a_folder_takes_its_first_images_width(tmp_path: Path) -> None:
+    """Every image comes out square at the first image's width; the others are center-cropped and resized."""
+    for rel, size in (("train/cat/0.png", (8, 6)), ("train/cat/1.png", (6, 6)), ("test/cat/0.png", (10, 10))):
+        (tmp_path / "f" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (9, 9, 9)).save(tmp_path / "f" / rel)
+    s = data.load(tmp_path / "f", cache_dir=tmp_path / "c")
+    assert s.x_train.shape == (2, 3, 8, 8) and s.x_test.shape == (1, 3, 10, 10)
+
+
 def test_npz_source(tmp_path: Path) -> None:
     s = data.load(_npz(tmp_path / "toy.npz"), cache_dir=tmp_path / "c")
     assert s.x_train.shape == (12, 3, 8, 8) and s.y_test.tolist() == [0, 1, 2, 0] and s.name == "toy"
@@ -185,6 +206,10 @@ def _write(path: Path, blob: bytes) -> Path:
     (lambda p: np.savez(p / "k.npz", x_train=np.zeros((1, 2, 2, 3), np.uint8)) or p / "k.npz", "missing array"),
     (lambda p: _write(p / "bad.zip", b"PK\x03\x04junk"), "unreadable archive"),
     (lambda p: (p / "empty").mkdir() or p / "empty", "no train/<class>/<image>"),
+    (lambda p: _folder(p / "toy") and shutil.rmtree(p / "toy" / "test") or p / "toy", "needs both splits"),
+    (lambda p: _images_npz(p, np.zeros((2, 8, 8, 3), np.float32)), r"must be uint8 .* got float32 \(2, 8, 8, 3\)"),
+    (lambda p: _images_npz(p, np.zeros((2, 8, 8), np.uint8)), r"must be uint8 .* got uint8 \(2, 8, 8\)"),
+    (lambda p: _images_npz(p, np.zeros((2, 8, 8, 4), np.uint8)), r"must be uint8 .* got uint8 \(2, 8, 8, 4\)"),
 ])
 def test_bad_sources_give_one_line(tmp_path: Path, make, match: str) -> None:
     with pytest.raises(AllconvError, match=match) as e:
@@ -288,6 +313,8 @@ def test_bad_labels_are_refused(tmp_path: Path, y_train, y_test, extra, match: s
 def test_labels_with_a_gap_or_spare_names_are_fine(tmp_path: Path) -> None:
     gap = data.load(_labelled(tmp_path / "gap.npz", np.array([0, 1, 3], np.uint8), [2, 3]), cache_dir=tmp_path / "c")
     assert gap.classes == ["0", "1", "2", "3"] and gap.y_train.dtype == torch.int64
+    half = data.load(_labelled(tmp_path / "half.npz", [0, 3], [3, 0]), cache_dir=tmp_path / "c")
+    assert half.classes == ["0", "1", "2", "3"]  # 4 classes, 2 of them used: as many unused as used is allowed
     named = data.load(_labelled(tmp_path / "n.npz", [0, 1], [1, 0], label_names=np.array(["a", "b", "c"])),
                       cache_dir=tmp_path / "c")
     assert named.classes == ["a", "b", "c"]
