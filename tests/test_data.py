@@ -129,10 +129,13 @@ def test_npz_images_in_nchw_load_as_they_are(tmp_path: Path, shape: tuple[int, .
 
 
 def test_a_folder_takes_its_first_images_width(tmp_path: Path) -> None:
-    """Every image comes out square at the first image's width; the others are center-cropped and resized."""
+    """Every image comes out square at the first image's width; the others are center-cropped and resized. Files
+    that are not images at <split>/<class>/ are ignored."""
     for rel, size in (("train/cat/0.png", (8, 6)), ("train/cat/1.png", (6, 6)), ("test/cat/0.png", (10, 10))):
         (tmp_path / "f" / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", size, (9, 9, 9)).save(tmp_path / "f" / rel)
+    _write(tmp_path / "f" / "train" / "cat" / "notes.txt", b"not an image")
+    Image.new("RGB", (3, 3)).save(tmp_path / "f" / "train" / "loose.png")  # no class folder
     s = data.load(tmp_path / "f", cache_dir=tmp_path / "c")
     assert s.x_train.shape == (2, 3, 8, 8) and s.x_test.shape == (1, 3, 10, 10)
 
@@ -327,6 +330,37 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
         for name, blob in members.items():
             z.writestr(name, blob)
     return path
+
+
+def test_archive_limits_are_inclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member of exactly the image cap, members totalling exactly the archive cap, and exactly MAX_RATIO x the
+    archive's bytes on disk (an empty file counts as 1 byte) pass; one byte more is refused."""
+    monkeypatch.setattr(data, "MAX_IMAGE_BYTES", 100)
+    monkeypatch.setattr(data, "MAX_RATIO", 200)
+    arc, empty = _write(tmp_path / "a.zip", bytes(1000)), _write(tmp_path / "e.zip", b"")
+    cases = [(arc, True, 100, "declares 101 bytes uncompressed but no image needs more than 100 bytes"),
+             (arc, False, 200_000, r"declare 195.3 KiB uncompressed from 1000 bytes on disk \(over 200x\)"),
+             (empty, False, 200, r"declare 201 bytes uncompressed from 1 bytes on disk")]
+    for path, image, limit, refusal in cases:
+        check = data._size_check(path, lambda _name, image=image: image)
+        check("train/cat/0.png", limit)
+        with pytest.raises(AllconvError, match=refusal):
+            check("train/cat/1.png", 1) if not image else data._size_check(path, lambda _n: True)("x.png", limit + 1)
+    monkeypatch.setattr(data, "MAX_RATIO", 50)  # the ratio counts only once the total passes the image cap
+    check = data._size_check(empty, lambda _name: False)
+    check("a", 100)
+    with pytest.raises(AllconvError, match=r"declare 101 bytes uncompressed from 1 bytes on disk \(over 50x\)"):
+        check("b", 1)
+    monkeypatch.setattr(data, "MAX_RATIO", 10**9)
+    monkeypatch.setattr(data, "MAX_ARCHIVE_BYTES", 300_000)
+    check = data._size_check(arc, lambda _name: False)
+    check("a", 300_000)
+    with pytest.raises(AllconvError, match="members declare over 293.0 KiB uncompressed"):
+        check("b", 1)
+
+
+def test_sizes_are_named_in_binary_units() -> None:
+    assert [data._size(n) for n in (1023, 1024, 1 << 20, 3 << 30)] == ["1023 bytes", "1.0 KiB", "1.0 MiB", "3.0 GiB"]
 
 
 def test_zip_member_declaring_gigabytes_is_refused_before_reading(tmp_path: Path) -> None:
