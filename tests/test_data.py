@@ -71,6 +71,13 @@ def test_second_load_reads_the_cache_not_the_source(tmp_path: Path, monkeypatch:
     assert (second.classes, second.name) == (first.classes, first.name)
 
 
+def test_a_changed_source_is_decoded_again(tmp_path: Path) -> None:
+    src = _npz(tmp_path / "toy.npz", n=12)
+    assert len(data.load(src, cache_dir=tmp_path / "c").x_train) == 12
+    _npz(src, n=9)  # rewritten in place: another size and mtime
+    assert len(data.load(src, cache_dir=tmp_path / "c").x_train) == 9
+
+
 def test_cached_arrays_are_private_file_maps(tmp_path: Path) -> None:
     """A cache hit maps the .npy files copy-on-write (pages read only when touched: the app never touches most of the
     training split): the tensors are writable, and a write changes neither the cache nor the next load."""
