@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -161,7 +162,10 @@ def test_a_baseline_that_stops_partway_keeps_the_files_that_passed(tmp_path: Pat
     (tree / "tests" / "test_b.py").write_text("def test_b(): assert False\n")
     (tmp_path / "logs").mkdir()
     shas = {f: suite_file_sha(tree, f) for f in ("tests/test_a.py", "tests/test_b.py")}
-    args = argparse.Namespace(summary=False, no_coverage=True, no_fork=False)
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    shutil.copytree(bench, tree / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    args = argparse.Namespace(summary=False, no_coverage=True, no_fork=True)  # a fresh interpreter per file: this
+    # process may have imported allconv already (other test files), which a forked child would inherit from outside
     journal = Journal(tmp_path / "state")
     with pytest.raises(SystemExit, match="the unmutated tests must pass"):
         baseline(shas, [tree], args, journal)
