@@ -166,6 +166,15 @@ def _positive_copy(name: str) -> nn.Module:
     return model
 
 
+def _support(model: nn.Module, x: torch.Tensor, layer: str | None,
+             position: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """The backprop gradient of ``layer``'s channel 0 at ``position`` (summed over colours, absolute) and the box
+    (top, left, bottom, right) of its support, as ``RF.box`` gives a field."""
+    g = reconstruct(model, x, method="backprop", layer=layer, channel=0, position=position)[0].abs().sum(0)
+    rows, cols = (g > 0).nonzero().unbind(1)
+    return g, (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+
+
 @pytest.mark.parametrize("name,layers", [("all-cnn-c", ["conv2", "conv3", "conv6", "conv9"]),
                                          ("strided-cnn-a", ["conv1", "conv2", "conv3", "conv4"])])
 def test_receptive_field_equals_gradient_support(name, layers) -> None:
@@ -175,10 +184,9 @@ def test_receptive_field_equals_gradient_support(name, layers) -> None:
     for layer in layers:
         fmap = activations(model, x, layer)
         h, w = fmap.shape[2] // 2, fmap.shape[3] // 2
-        g = reconstruct(model, x, method="backprop", layer=layer, channel=0, position=(h, w))[0].abs().sum(0)
+        g, support = _support(model, x, layer, (h, w))
         top, left, bottom, right = receptive_field(model, layer, position=(h, w), input_size=(40, 40)).box()
-        rows, cols = (g > 0).nonzero().unbind(1)
-        assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (top, bottom, left, right), layer
+        assert support == (top, left, bottom, right), layer
         assert bool((g[top:bottom, left:right] > 0).all()), layer
 
 
@@ -267,11 +275,7 @@ def test_receptive_field_of_a_branched_net_equals_gradient_support(shortcut_firs
     x = torch.rand(1, 3, 24, 24, dtype=torch.float64) + 0.1
     for layer, stride in (("b", 2), ("down", 2), ("c", 2)):
         rf = receptive_field(model, layer, position=(5, 6), input_size=(24, 24))
-        g = reconstruct(model, x, method="backprop", layer=layer, channel=0, position=(5, 6))[0].abs().sum(0)
-        rows, cols = (g > 0).nonzero().unbind(1)
-        top, left, bottom, right = rf.box()
-        assert rf.stride == stride and (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (top, bottom, left,
-                                                                                                  right), layer
+        assert rf.stride == stride and _support(model, x, layer, (5, 6))[1] == rf.box(), layer
 
 
 class _Functional(nn.Module):
@@ -334,10 +338,7 @@ def test_each_op_gives_its_field_and_the_gradient_fills_it(op: str) -> None:
     assert (rf.size_hw, rf.stride_hw, rf.start_hw) == want
     assert all(type(v) is int for v in (*rf.size_hw, *rf.stride_hw, *rf.start_hw, *rf.box()))  # pixel indices
     if "max_pool" not in op:  # a max pool's gradient reaches only its argmax; every other op's fills the field
-        g = reconstruct(model, torch.rand(1, 3, 8, 8) + 0.1, method="backprop", layer=None, channel=0,
-                        position=(0, 1))[0].abs().sum(0)
-        rows, cols = (g > 0).nonzero().unbind(1)
-        assert (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) == rf.box(), op
+        assert _support(model, torch.rand(1, 3, 8, 8) + 0.1, None, (0, 1))[1] == rf.box(), op
 
 
 def test_a_net_without_parameters_has_a_field() -> None:
@@ -386,9 +387,7 @@ def test_a_non_square_field_has_its_own_rows_and_columns() -> None:
     rf = receptive_field(model, "2", position=(3, 4), input_size=(20, 24))
     assert (rf.size_hw, rf.stride_hw, rf.start_hw) == ((7, 9), (3, 2), (-1, -4))
     assert (rf.size, rf.stride, rf.start) == (7, 3, -1)  # the rows' values: a square field's side, stride, start
-    g = reconstruct(model, x, method="backprop", layer="2", channel=0, position=(3, 4))[0].abs().sum(0)
-    rows, cols = (g > 0).nonzero().unbind(1)
-    assert rf.box() == rf.box(3, 4) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) == (8, 4, 15, 13)
+    assert rf.box() == rf.box(3, 4) == _support(model, x, "2", (3, 4))[1] == (8, 4, 15, 13)
     with pytest.raises(AllconvError, match="both h and w, or neither"):
         rf.box(3)
 
