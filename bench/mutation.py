@@ -222,7 +222,7 @@ def report(plan: Plan, outcome: dict[Mutant, str], root: Path, judged: dict[Muta
         score = f"{100 * (killed + timeouts) / (n - idle):.1f}%" if n > idle else "-"
         print(f"{spec:40} {n:7} {killed:7} {timeouts:9} {n - killed - timeouts - idle:9} "
               f"{outs.count('equivalent'):14} {idle:8} {score:>7}")
-    for title, group in (("survivors", [m for m in survivors if outcome[m] != "equivalent"]),
+    for title, group in (("survivors", [m for m in survivors if m not in judged]),
                          ("judged equivalent (bench/equivalent.toml), not run", [m for m in survivors if m in judged])):
         print(f"\n{title} ({len(group)}):" if group else f"\n{title}: none")
         for m in group:
