@@ -25,6 +25,7 @@ from . import rundir
 from .config import PROTOCOLS, TrainConfig
 from .argparsing import Parser
 from .errors import AllconvError
+from .interrupt import catching
 from .models import names
 
 REGULARIZERS = {"bn": (True, False), "dropout": (False, True), "both": (True, True), "neither": (False, False)}
@@ -176,11 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.report:
             print(f"wrote {report(args.report, args.doc)}")
             return 0
-        if args.resume:
-            resume_runset(args.resume, quiet=args.quiet or None)
-            root = args.resume
-        else:
-            root = _start(args, grid)
+        with catching():  # SIGTERM too stops a run where --resume continues it
+            if args.resume:
+                resume_runset(args.resume, quiet=args.quiet or None)
+                root = args.resume
+            else:
+                root = _start(args, grid)
         print(f"wrote {report(root, args.doc)}")
         return 0
     except Interrupted as e:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from .config import PROTOCOLS, TrainConfig, lr_at
 from .device import Dist, native_bf16, pick_device, resolve_amp, setup_distributed
 from .errors import AllconvError
 from .evaluate import accuracy
+from .interrupt import catching, signal_behind
 from .models import check_input_size, create, names, num_parameters
 from .plots import training_curves
 from .preprocess import Preprocess
@@ -41,14 +41,6 @@ __all__ = ["Data", "Diverged", "Interrupted", "PROTOCOLS", "Run", "TrainConfig",
 
 class Diverged(Exception):
     """The loss became NaN or infinite."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised wherever the run is, exactly like Ctrl-C's KeyboardInterrupt."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
 
 
 class Interrupted(AllconvError):
@@ -237,8 +229,10 @@ class Run:
                 if (result := self._one_epoch()) is not None:
                     return result
                 done += 1
-        except KeyboardInterrupt as e:
-            raise Interrupted(self.out, cfg.epochs, "SIGTERM" if isinstance(e, Terminated) else "SIGINT") from None
+        except BaseException as e:  # an interrupt, or what a C extension made of one (see ``interrupt``)
+            if (sig := signal_behind(e)) is None:
+                raise
+            raise Interrupted(self.out, cfg.epochs, sig) from None
         return self._finish()
 
     def _one_epoch(self) -> dict[str, Any] | None:
@@ -379,44 +373,50 @@ def resume(run_dir: str | Path, stop_after: int | None = None, quiet: bool | Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``allconv-train``: exit 0 done, 1 diverged, 2 bad input or disk, 130/143 interrupted (resumable)."""
-    from .runset import family, is_runset, resume_runset, sweep
-
     args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        if args.threads is not None and args.threads < 1 or args.stop_after is not None and args.stop_after < 1:
-            raise AllconvError("--threads and --stop-after must be at least 1")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        if args.resume:
-            r = (resume_runset if is_runset(args.resume) else resume)(args.resume, args.stop_after, args.quiet or None)
-            return 1 if r.get("status") == "diverged" else 0
-        models = names() if args.model == "all" else args.model.split(",")
-        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                             if hasattr(args, f.name) and f.name != "model"}, model=models[0])
-        if len(models) > 1:
-            if args.lr_sweep:
-                raise AllconvError("--lr-sweep takes one --model; sweep each net on its own")
-            r = family(cfg, models)
-            return 1 if any(x.get("status") == "diverged" for x in r["runs"]) else 0
-        if args.lr_sweep:
-            sweep(cfg)
-            return 0
-        r = train(cfg, args.stop_after)
-        return 1 if r.get("status") == "diverged" else 0
+        with catching():
+            return _run_command(args)
     except Interrupted as e:
         print(f"{e}", file=sys.stderr)
         return 143 if e.signal == "SIGTERM" else 130
-    except KeyboardInterrupt:
-        print("interrupted before the first epoch began; nothing to resume: run the command again", file=sys.stderr)
-        return 130
     except AllconvError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BaseException as e:  # an interrupt outside a run's epochs (loading data, say)
+        if (sig := signal_behind(e)) is None:
+            raise
+        print("interrupted before the first epoch began; nothing to resume: run the command again", file=sys.stderr)
+        return 143 if sig == "SIGTERM" else 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _run_command(args: Any) -> int:
+    """What ``main`` runs once the arguments parse: a resume, a family, a sweep or one net."""
+    from .runset import family, is_runset, resume_runset, sweep
+
+    if args.threads is not None and args.threads < 1 or args.stop_after is not None and args.stop_after < 1:
+        raise AllconvError("--threads and --stop-after must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.resume:
+        r = (resume_runset if is_runset(args.resume) else resume)(args.resume, args.stop_after, args.quiet or None)
+        return 1 if r.get("status") == "diverged" else 0
+    models = names() if args.model == "all" else args.model.split(",")
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                         if hasattr(args, f.name) and f.name != "model"}, model=models[0])
+    if len(models) > 1:
+        if args.lr_sweep:
+            raise AllconvError("--lr-sweep takes one --model; sweep each net on its own")
+        r = family(cfg, models)
+        return 1 if any(x.get("status") == "diverged" for x in r["runs"]) else 0
+    if args.lr_sweep:
+        sweep(cfg)
+        return 0
+    r = train(cfg, args.stop_after)
+    return 1 if r.get("status") == "diverged" else 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import pytest
 import runlog
 import torch
 
-from allconv import rundir
+from allconv import interrupt, rundir
 from allconv import runset as S
 from allconv import train as T
 
@@ -148,7 +148,7 @@ def test_a_kill_in_the_last_save_is_repaired_by_resume(cifar10: str, tmp_path: P
     assert len(runlog.history(out)) == 1 and not (out / ".model.safetensors.x.tmp").exists()
 
 
-@pytest.mark.parametrize("exc, code, name", [(KeyboardInterrupt, 130, "SIGINT"), (T.Terminated, 143, "SIGTERM")])
+@pytest.mark.parametrize("exc, code, name", [(KeyboardInterrupt, 130, "SIGINT"), (interrupt.Terminated, 143, "SIGTERM")])
 def test_interrupt_is_one_line_saying_how_to_resume(cifar10: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture, exc: type, code: int,
                                                     name: str) -> None:

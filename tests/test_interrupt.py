@@ -1,0 +1,102 @@
+"""SIGINT/SIGTERM are reported as the interrupt they are, even when a C extension turned the exception into another
+(matplotlib's bbox converter makes it ``ValueError: Invalid bounding box``: a SIGTERM landing while the curves were
+drawn once ended a run with a traceback and exit 1). A real error is never passed off as an interrupt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.transforms import Bbox
+
+from allconv import interrupt
+from allconv import train as T
+
+TINY = ["--model", "strided-cnn-a", "--batch-size", "64", "--val-size", "64", "--test-limit", "64",
+        "--train-limit", "128", "--lr", "0.05", "--device", "cpu", "--quiet"]
+
+
+def _signal_becomes_value_error(signum: int) -> None:
+    """Deliver ``signum`` to this process while matplotlib converts a bbox, as in the failing run."""
+    class Hit(Bbox):
+        def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+            os.kill(os.getpid(), signum)
+            return super().__array__(*args, **kwargs)
+
+    Hit([[0, 0], [1, 1]]).count_overlaps([Bbox([[0, 0], [1, 1]])])
+
+
+@pytest.mark.parametrize("signum, name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")])
+def test_a_signal_matplotlib_turned_into_value_error_is_still_the_signal(signum: int, name: str) -> None:
+    with interrupt.catching():
+        with pytest.raises(ValueError, match="Invalid bounding box") as e:
+            _signal_becomes_value_error(signum)
+        assert interrupt.signal_behind(e.value) == name
+
+
+def test_without_a_signal_an_error_is_an_error() -> None:
+    with interrupt.catching():
+        assert interrupt.signal_behind(ValueError("Invalid bounding box")) is None
+        assert interrupt.signal_behind(interrupt.Terminated()) == "SIGTERM"
+        assert interrupt.signal_behind(KeyboardInterrupt()) == "SIGINT"
+
+
+def test_catching_restores_the_handlers_and_forgets_earlier_signals() -> None:
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with interrupt.catching():
+        with pytest.raises(ValueError):
+            _signal_becomes_value_error(signal.SIGTERM)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with interrupt.catching():
+        assert interrupt.signal_behind(ValueError()) is None
+
+
+def test_catching_outside_the_main_thread_changes_nothing() -> None:
+    seen: list[Any] = []
+
+    def work() -> None:
+        with interrupt.catching():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=work)
+    thread.start(), thread.join()
+    assert seen == [before]
+
+
+def test_sigterm_while_the_curves_are_drawn_is_a_resumable_interrupt(cifar10: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(T, "training_curves", lambda *a, **k: _signal_becomes_value_error(signal.SIGTERM))
+    out = tmp_path / "r"
+    assert T.main(TINY + ["--data", cifar10, "--epochs", "3", "--out", str(out)]) == 143
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"interrupted by SIGTERM: 1 of 3 epochs are saved in {out}; continue with allconv-train --resume {out}"]
+    monkeypatch.undo()
+    assert T.main(["--resume", str(out), "--stop-after", "1", "--quiet"]) == 0
+
+
+def test_a_real_error_while_the_curves_are_drawn_is_not_called_an_interrupt(cifar10: str, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("Invalid bounding box")
+
+    monkeypatch.setattr(T, "training_curves", broken)
+    with pytest.raises(ValueError, match="Invalid bounding box"):
+        T.main(TINY + ["--data", cifar10, "--epochs", "1", "--out", str(tmp_path / "r")])
+
+
+def test_sigterm_before_the_first_epoch_exits_143(cifar10: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    def load(*args: Any, **kwargs: Any) -> None:
+        _signal_becomes_value_error(signal.SIGTERM)
+
+    monkeypatch.setattr(T.Run, "__init__", load)
+    assert T.main(TINY + ["--data", cifar10, "--epochs", "1", "--out", str(tmp_path / "r")]) == 143
+    assert capsys.readouterr().err.strip() == ("interrupted before the first epoch began; nothing to resume: run "
+                                                "the command again")
