@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -19,6 +18,7 @@ from PIL import Image
 from allconv import data
 from allconv.errors import AllconvError
 from allconv.preprocess import Preprocess
+from datakit import toy_npz as _npz
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -48,50 +48,6 @@ def test_standardize_gives_published_stats(cifar: data.Splits) -> None:
     assert torch.allclose(pre.tensors()["std"].flatten(), torch.tensor([0.2470, 0.2435, 0.2616]), atol=1e-4)
 
 
-def test_second_load_comes_from_cache(cifar10_npz: Path, tmp_path: Path) -> None:
-    first = data.load(cifar10_npz, cache_dir=tmp_path)
-    assert len(list(tmp_path.iterdir())) == 1
-    t0 = time.perf_counter()
-    second = data.load(cifar10_npz, cache_dir=tmp_path)
-    assert time.perf_counter() - t0 < 5  # generous: a cache hit reads 4 .npy files, a miss decompresses 170 MB
-    assert torch.equal(first.x_train, second.x_train) and second.classes == first.classes
-
-
-def test_second_load_reads_the_cache_not_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = _npz(tmp_path / "toy.npz")
-    first = data.load(src, cache_dir=tmp_path / "c")
-
-    def no_decoding(path: Path) -> data.Splits:
-        raise AssertionError(f"{path} was decoded again: the array cache was not read")
-
-    monkeypatch.setattr(data, "_from_npz", no_decoding)
-    second = data.load(src, cache_dir=tmp_path / "c")
-    for k in ("x_train", "y_train", "x_test", "y_test"):
-        assert torch.equal(getattr(second, k), getattr(first, k)), k
-    assert (second.classes, second.name) == (first.classes, first.name)
-
-
-def test_a_changed_source_is_decoded_again(tmp_path: Path) -> None:
-    src = _npz(tmp_path / "toy.npz", n=12)
-    assert len(data.load(src, cache_dir=tmp_path / "c").x_train) == 12
-    _npz(src, n=9)  # rewritten in place: another size and mtime
-    assert len(data.load(src, cache_dir=tmp_path / "c").x_train) == 9
-
-
-def test_cached_arrays_are_private_file_maps(tmp_path: Path) -> None:
-    """A cache hit maps the .npy files copy-on-write (pages read only when touched: the app never touches most of the
-    training split): the tensors are writable, and a write changes neither the cache nor the next load."""
-    src = _npz(tmp_path / "toy.npz")
-    data.load(src, cache_dir=tmp_path / "c")
-    hit = data.load(src, cache_dir=tmp_path / "c")
-    maps = Path("/proc/self/maps")
-    if maps.exists():  # Linux: the cache's x_train.npy is mapped into this process, not read into its heap
-        assert any(line.endswith("/x_train.npy") for line in maps.read_text().splitlines())
-    before = hit.x_train.clone()
-    hit.x_train += 1
-    assert torch.equal(data.load(src, cache_dir=tmp_path / "c").x_train, before)
-
-
 def test_validation_split_is_seeded_and_disjoint() -> None:
     x = torch.arange(100).view(100, 1, 1, 1).expand(100, 3, 2, 2).to(torch.uint8)
     y = torch.arange(100) % 10
@@ -115,13 +71,6 @@ def test_a_bare_validation_split_is_the_trainers() -> None:
     cfg = TrainConfig()
     bare, trainers = data.split_validation(x, y), data.split_validation(x, y, cfg.val_size, cfg.seed)
     assert len(bare[2]) == 5000 and all(torch.equal(u, v) for u, v in zip(bare, trainers))
-
-
-def _npz(path: Path, n: int = 12) -> Path:
-    rng = np.random.default_rng(0)
-    np.savez(path, x_train=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), y_train=np.arange(n) % 3,
-             x_test=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), y_test=np.arange(4) % 3)
-    return path
 
 
 def _images_npz(root: Path, x: np.ndarray) -> Path:
