@@ -85,15 +85,20 @@ def test_npz_images_in_nchw_load_as_they_are(tmp_path: Path, shape: tuple[int, .
 
 
 def test_a_folder_takes_its_first_images_width(tmp_path: Path) -> None:
-    """Every image comes out square at the first image's width; the others are center-cropped and resized. Files
-    that are not images at <split>/<class>/ are ignored."""
-    for rel, size in (("train/cat/0.png", (8, 6)), ("train/cat/1.png", (6, 6)), ("test/cat/0.png", (10, 10))):
-        (tmp_path / "f" / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", size, (9, 9, 9)).save(tmp_path / "f" / rel)
+    """Every image comes out square at the first image's width; the others are center-cropped and resized, whichever
+    side matches (3 wide as well: the channel count is not a side). Files that are not images at <split>/<class>/
+    are ignored."""
+    for root, sizes in (("f", [(8, 6), (6, 6), (6, 8)]), ("three", [(3, 3), (3, 5), (5, 3)])):
+        for i, size in enumerate(sizes):
+            (tmp_path / root / "train" / "cat").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", size, (9, 9, 9)).save(tmp_path / root / "train" / "cat" / f"{i}.png")
+        (tmp_path / root / "test" / "cat").mkdir(parents=True)
+        Image.new("RGB", (10, 10), (9, 9, 9)).save(tmp_path / root / "test" / "cat" / "0.png")
     _write(tmp_path / "f" / "train" / "cat" / "notes.txt", b"not an image")
     Image.new("RGB", (3, 3)).save(tmp_path / "f" / "train" / "loose.png")  # no class folder
     s = data.load(tmp_path / "f", cache_dir=tmp_path / "c")
-    assert s.x_train.shape == (2, 3, 8, 8) and s.x_test.shape == (1, 3, 10, 10)
+    assert s.x_train.shape == (3, 3, 8, 8) and s.x_test.shape == (1, 3, 10, 10)
+    assert data.load(tmp_path / "three", cache_dir=tmp_path / "c").x_train.shape == (3, 3, 3, 3)
 
 
 def test_npz_source(tmp_path: Path) -> None:
