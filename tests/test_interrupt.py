@@ -91,12 +91,15 @@ def test_a_real_error_while_the_curves_are_drawn_is_not_called_an_interrupt(cifa
         T.main(TINY + ["--data", cifar10, "--epochs", "1", "--out", str(tmp_path / "r")])
 
 
-def test_sigterm_before_the_first_epoch_exits_143(cifar10: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_before_the_first_epoch_exits_as_interrupted(cifar10: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture, signum: int,
+                                                              code: int) -> None:
     def load(*args: Any, **kwargs: Any) -> None:
-        _signal_becomes_value_error(signal.SIGTERM)
+        _signal_becomes_value_error(signum)
 
     monkeypatch.setattr(T.Run, "__init__", load)
-    assert T.main(TINY + ["--data", cifar10, "--epochs", "1", "--out", str(tmp_path / "r")]) == 143
+    assert T.main(TINY + ["--data", cifar10, "--epochs", "1", "--out", str(tmp_path / "r")]) == code
     assert capsys.readouterr().err.strip() == ("interrupted before the first epoch began; nothing to resume: run "
                                                 "the command again")
