@@ -91,9 +91,15 @@ def epoch_seed(cfg: TrainConfig, epoch: int, salt: int) -> int:
     return (cfg.seed * 1_000_003 + epoch * 7919 + salt) % (2 ** 63)
 
 
+def salt(stream: str, rank: int) -> int:
+    """``epoch_seed``'s salt for one random stream: the batch order is one permutation for every rank, dropout and
+    augmentation one stream per rank, and no two streams share a salt (rank 0 keeps 1, 2, 3, as runs always had)."""
+    return {"order": 1, "dropout": 2 + 2 * rank, "augment": 3 + 2 * rank}[stream]
+
+
 def batches(cfg: TrainConfig, n: int, epoch: int, dd: Dist, device: torch.device) -> list[torch.Tensor]:
     """This rank's index slices of one seeded permutation, in global batches of ``cfg.batch_size``."""
-    gen = torch.Generator().manual_seed(epoch_seed(cfg, epoch, 1))
+    gen = torch.Generator().manual_seed(epoch_seed(cfg, epoch, salt("order", dd.rank)))
     perm = torch.randperm(n, generator=gen).to(device)
     bs = min(cfg.batch_size, n)
     if bs % dd.world:
@@ -144,8 +150,8 @@ class Run:
     # ---- one epoch -------------------------------------------------------------------------------------------
     def train_epoch(self, bar: tqdm | None) -> tuple[float, float, int]:
         cfg, d, e = self.cfg, self.data, self.epoch
-        torch.manual_seed(epoch_seed(cfg, e, 2 + self.dd.rank))  # dropout
-        aug_gen = torch.Generator(self.device).manual_seed(epoch_seed(cfg, e, 3 + self.dd.rank))
+        torch.manual_seed(epoch_seed(cfg, e, salt("dropout", self.dd.rank)))
+        aug_gen = torch.Generator(self.device).manual_seed(epoch_seed(cfg, e, salt("augment", self.dd.rank)))
         idx_list = batches(cfg, len(d.y_train), e, self.dd, self.device)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)

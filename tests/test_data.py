@@ -199,6 +199,13 @@ def test_named_dataset_without_download_is_offline_error(tmp_path: Path, monkeyp
         data.load("cifar100", cache_dir=tmp_path / "c")
 
 
+def test_the_offline_copy_is_the_one_the_environment_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("cifar10", "cifar100"):
+        monkeypatch.setenv(f"ALLCONV_{name.upper()}", str(_npz(tmp_path / f"{name}.npz")))
+    assert data.find_offline_cifar10() == data.find_offline("cifar10") == tmp_path / "cifar10.npz"
+    assert data.find_offline("cifar100") == tmp_path / "cifar100.npz"
+
+
 def test_a_reason_is_one_short_line() -> None:
     assert data._reason(RuntimeError("first line " + "x" * 200 + "\nsecond")) == ("first line " + "x" * 200)[:100]
     assert data._reason(EOFError()) == "EOFError"

@@ -212,9 +212,18 @@ def test_each_epoch_and_stream_gets_its_own_seed_in_torchs_range() -> None:
 
     seeds = {T.epoch_seed(TrainConfig(seed=0), e, salt) for e in range(4) for salt in (0, 1)}
     assert len(seeds) == 8
-    big = T.epoch_seed(TrainConfig(seed=2 ** 70 + 5), 3, 1)
-    assert 0 <= big < 2 ** 63 and big == ((2 ** 70 + 5) * 1_000_003 + 3 * 7919 + 1) % 2 ** 63
+    big = T.epoch_seed(TrainConfig(seed=2 ** 70 + 2 ** 62 + 5), 3, 1)  # bit 63 of the sum is set
+    assert 0 <= big < 2 ** 63 and big == ((2 ** 70 + 2 ** 62 + 5) * 1_000_003 + 3 * 7919 + 1) % 2 ** 63
     torch.manual_seed(big)
+
+
+def test_no_two_random_streams_share_a_salt_on_any_rank() -> None:
+    """Under torchrun rank 1's dropout once took rank 0's augmentation salt; rank 0 keeps the salts of earlier runs,
+    so a single-process run still reproduces the shipped checkpoints."""
+    salts = [T.salt("order", 0)] + [T.salt(s, r) for r in range(8) for s in ("dropout", "augment")]
+    assert len(set(salts)) == len(salts)
+    assert [T.salt(s, 0) for s in ("order", "dropout", "augment")] == [1, 2, 3]
+    assert {T.salt("order", r) for r in range(8)} == {1}  # one global permutation, sliced by rank
 
 
 def test_an_interrupt_before_the_first_epoch_says_none_is_saved(tmp_path: Path) -> None:
