@@ -6,6 +6,7 @@ Tiny CPU runs (Strided-CNN-A on a 256-image random .npz, 4 steps per epoch), eac
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from tqdm import tqdm
 
 from allconv import train as T
 from allconv.config import lr_at
@@ -57,7 +59,8 @@ def test_an_epoch_counts_each_image_once_and_the_run_its_own_time(npz: str, tmp_
                         val_size=64, test_limit=64, device="cpu", quiet=True, out=str(tmp_path / "run"))
     run = T.Run(cfg.resolved(), tmp_path / "run")
     loss, acc, seen = run.train_epoch(None)
-    assert seen == 128 and acc * 128 == pytest.approx(round(acc * 128), abs=1e-9) and loss > 0
+    assert seen == 128 and acc * 128 == pytest.approx(round(acc * 128), abs=1e-9) and 0 <= acc <= 1
+    assert 0 < loss < 10  # a mean cross-entropy (10 classes: about 2.3 at the start)
     run.fit()
     h = run.history[-1]
     assert 0 < h["wall_s"] <= h["epoch_s"] + 0.01  # the wall clock starts at 0 with the run, and one epoch ran
@@ -71,3 +74,42 @@ def test_the_step_model_is_compiled_when_asked_or_auto_on_a_gpu(flag: str, devic
     net = nn.Linear(2, 2)
     wrapped = T.Run._wrap(run, net)  # torch.compile is lazy: nothing compiles until the first call
     assert (wrapped is not net) == compiled and isinstance(wrapped, nn.Module)
+
+
+def _steps_run(npz: str, tmp_path: Path, lr: float = 0.05) -> T.Run:
+    """A run of 60 steps per epoch (120 images in batches of 2)."""
+    cfg = T.TrainConfig(model="strided-cnn-a", data=npz, epochs=1, batch_size=2, lr=lr, train_limit=120,
+                        val_size=64, test_limit=64, device="cpu", quiet=True, out=str(tmp_path / "run"))
+    return T.Run(cfg.resolved(), tmp_path / "run")
+
+
+def test_progress_syncs_every_25_steps_and_at_the_end(npz: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss is read from the device (a host sync) only every 25 steps and after the last, never per step."""
+    real, steps = T.Run._progress, []
+
+    def progress(self: T.Run, bar: tqdm, step: int, *args: object) -> None:
+        steps.append(step)
+        real(self, bar, step, *args)
+
+    monkeypatch.setattr(T.Run, "_progress", progress)
+    with tqdm(total=60, file=io.StringIO()) as bar:
+        _steps_run(npz, tmp_path).train_epoch(bar)
+        assert steps == [25, 50, 60] and bar.n == 60
+        shown = dict(kv.split("=") for kv in bar.postfix.split(", "))
+        assert 0 < float(shown["loss"]) < 10 and 0 <= float(shown["acc"]) <= 1  # means, not sums
+
+
+def test_without_a_bar_divergence_is_checked_every_25_steps(npz: str, tmp_path: Path) -> None:
+    """Logits turn NaN at step 30: the check at step 50 (not every step, nor at 25) stops the epoch."""
+    assert _steps_run(npz, tmp_path / "fine").train_epoch(None)[2] == 120  # finite: no check raises
+    run, calls = _steps_run(npz, tmp_path / "nan"), []
+
+    def nan_from_step_30(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        logits = run.net(x)
+        return logits * float("nan") if len(calls) >= 30 else logits
+
+    run.step_model = nan_from_step_30
+    with pytest.raises(T.Diverged, match=r"^loss is nan at step 50$"):
+        run.train_epoch(None)
