@@ -7,11 +7,14 @@ Tiny CPU runs (Strided-CNN-A on a 256-image random .npz, 4 steps per epoch), eac
 from __future__ import annotations
 
 import io
+import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import runlog
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -61,9 +64,47 @@ def test_an_epoch_counts_each_image_once_and_the_run_its_own_time(npz: str, tmp_
     loss, acc, seen = run.train_epoch(None)
     assert seen == 128 and acc * 128 == pytest.approx(round(acc * 128), abs=1e-9)
     assert 0 <= acc < 0.5 and 1 < loss < 10  # random labels: chance accuracy (0.1) and a mean cross-entropy near 2.3
+    t0 = time.perf_counter()
     run.fit()
-    h = run.history[-1]
-    assert 0 < h["wall_s"] <= h["epoch_s"] + 0.01  # the wall clock starts at 0 with the run, and one epoch ran
+    h, elapsed = run.history[-1], time.perf_counter() - t0
+    assert 0 < h["wall_s"] <= h["epoch_s"] + 0.01 <= elapsed + 0.02  # the wall clock starts at 0 with the run
+    assert h["img_per_s"] * h["epoch_s"] == pytest.approx(128, rel=0.1)
+    for key, digits in (("train_loss", 5), ("train_acc", 5), ("epoch_s", 2), ("img_per_s", 1), ("wall_s", 2)):
+        assert round(h[key], digits) == h[key], key  # the record's precision
+    m = run.meta("done").metrics
+    assert (m["wall_s"], m["img_per_s"], m["train_loss"]) == (round(run.wall, 1), h["img_per_s"], h["train_loss"])
+    assert m["test_err"] == round(1 - m["test_acc"], 5) and m["precision"] == "fp32"
+    run.history = [dict(h, img_per_s=100.0), dict(h, img_per_s=100.25)]
+    assert run.meta("done").metrics["img_per_s"] == 100.1  # the epochs' mean, to 0.1 image/s
+
+
+def test_test_every_measures_the_test_split_on_those_epochs_and_the_last(npz: str, tmp_path: Path) -> None:
+    for every, measured in ((0, [3]), (2, [2, 3])):
+        cfg = T.TrainConfig(model="strided-cnn-a", data=npz, epochs=3, batch_size=64, lr=0.05, train_limit=64,
+                            val_size=64, test_limit=64, test_every=every, device="cpu", quiet=True,
+                            out=str(tmp_path / f"every{every}"))
+        r = T.train(cfg)
+        history = runlog.history(tmp_path / f"every{every}")
+        assert [h["epoch"] for h in history if h["test_acc"] is not None] == measured
+    rates = [json.loads(line)["img_per_s"] for line in (tmp_path / "every2" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rates) == 3 and r["img_per_s"] == round(sum(rates) / 3, 1)  # the run's rate: the epochs' mean
+
+
+def test_ema_weights_follow_the_net_at_the_decay_and_are_what_is_evaluated(npz: str, tmp_path: Path) -> None:
+    cfg = T.TrainConfig(model="strided-cnn-a", data=npz, epochs=1, batch_size=64, lr=0.05, train_limit=64,
+                        val_size=64, test_limit=64, ema=0.9, batchnorm=True, device="cpu", quiet=True,
+                        out=str(tmp_path / "run"))
+    run = T.Run(cfg.resolved(), tmp_path / "run")
+    assert run.eval_net is run.ema and run.ema is not run.net
+    with torch.no_grad():
+        for p in run.ema.parameters():
+            p.zero_()
+        for b in run.net.buffers():
+            b.fill_(3)
+    run._update_ema()
+    for e, p in zip(run.ema.parameters(), run.net.parameters()):
+        assert torch.allclose(e, 0.1 * p, rtol=1e-6, atol=1e-7)  # 0.9 * old (zero) + 0.1 * the net's
+    assert all((b == 3).all() for b in run.ema.buffers())  # BN statistics copied, not averaged
 
 
 @pytest.mark.parametrize("flag, device, compiled", [("on", "cpu", True), ("on", "cuda", True), ("auto", "cpu", False),
