@@ -57,6 +57,8 @@ def test_ddp_two_gloo_processes_match_one_process(cifar10: str, tmp_path: Path) 
     ddp, one = runlog.weights(tmp_path / "ddp"), runlog.weights(tmp_path / "one")
     for k in one:
         torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+    (h_ddp,), (h_one,) = runlog.history(tmp_path / "ddp"), runlog.history(tmp_path / "one")
+    assert h_ddp["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-4)  # summed over both ranks' halves
     assert json.loads((tmp_path / "ddp" / "meta.json").read_text())["device"] == "cpu x2"
 
 

@@ -7,6 +7,7 @@ Tiny CPU runs (Strided-CNN-A on a 256-image random .npz, 4 steps per epoch), eac
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import time
 from pathlib import Path
@@ -124,9 +125,11 @@ def _steps_run(npz: str, tmp_path: Path, lr: float = 0.05) -> T.Run:
     return T.Run(cfg.resolved(), tmp_path / "run")
 
 
-def test_progress_syncs_every_25_steps_and_at_the_end(npz: str, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loss is read from the device (a host sync) only every 25 steps and after the last, never per step."""
+@pytest.mark.parametrize("world", [1, 2])
+def test_progress_syncs_every_25_steps_and_at_the_end(npz: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      world: int) -> None:
+    """The loss is read from the device (a host sync) only every 25 steps and after the last, never per step; the
+    rate shown is the whole job's (as rank 0 of 2, the other rank's sums stand in as equal to this one's)."""
     real, steps = T.Run._progress, []
 
     def progress(self: T.Run, bar: tqdm, step: int, *args: object) -> None:
@@ -134,11 +137,16 @@ def test_progress_syncs_every_25_steps_and_at_the_end(npz: str, tmp_path: Path,
         real(self, bar, step, *args)
 
     monkeypatch.setattr(T.Run, "_progress", progress)
+    run = _steps_run(npz, tmp_path)
+    run.dd = Dist(rank=0, world=world)
+    monkeypatch.setattr(T.dist, "all_reduce", lambda t: t.mul_(world))
+    monkeypatch.setattr(T, "time", SimpleNamespace(perf_counter=itertools.count().__next__))  # a tick per reading
     with tqdm(total=60, file=io.StringIO()) as bar:
-        _steps_run(npz, tmp_path).train_epoch(bar)
+        assert run.train_epoch(bar)[2] == 120
         assert steps == [25, 50, 60] and bar.n == 60
         shown = dict(kv.split("=") for kv in bar.postfix.split(", "))
         assert 0 < float(shown["loss"]) < 10 and 0 <= float(shown["acc"]) <= 1  # means, not sums
+        assert shown["img_s"] == "40"  # 120 images in 3 ticks (one per reading: start, steps 25, 50 and 60)
 
 
 def test_without_a_bar_divergence_is_checked_every_25_steps(npz: str, tmp_path: Path) -> None:
