@@ -140,7 +140,7 @@ def test_progress_syncs_every_25_steps_and_at_the_end(npz: str, tmp_path: Path, 
     run = _steps_run(npz, tmp_path)
     run.dd = Dist(rank=0, world=world)
     monkeypatch.setattr(T.dist, "all_reduce", lambda t: t.mul_(world))
-    monkeypatch.setattr(T, "time", SimpleNamespace(perf_counter=itertools.count().__next__))  # a tick per reading
+    monkeypatch.setattr(T, "time", SimpleNamespace(perf_counter=itertools.count(1).__next__))  # a tick a reading
     with tqdm(total=60, file=io.StringIO()) as bar:
         assert run.train_epoch(bar)[2] == 120
         assert steps == [25, 50, 60] and bar.n == 60
