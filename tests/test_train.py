@@ -4,6 +4,7 @@ and turns bad input into one line. All runs are tiny (Strided-CNN-A, the cheapes
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -31,17 +32,33 @@ def test_short_cpu_run_learns(cifar10: str, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("opt", ["sgd", "adamw"])  # AdamW's moments and step count are resume state too
-def test_resume_is_bit_identical(cifar10: str, tmp_path: Path, opt: str) -> None:
-    args = TINY + ["--data", cifar10, "--train-limit", "256", "--epochs", "2", "--optimizer", opt]
-    args += ["--lr", "0.1"] if opt == "sgd" else []
+@pytest.mark.parametrize("opt", ["sgd", "adamw", "sgd-ema"])  # AdamW's moments and step count, and the EMA weights,
+def test_resume_is_bit_identical(cifar10: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # are state too
+                                 opt: str) -> None:
+    args = TINY + ["--data", cifar10, "--train-limit", "256", "--epochs", "2", "--optimizer", opt.split("-")[0]]
+    args += ["--lr", "0.1"] if opt.startswith("sgd") else []
+    args += ["--ema", "0.9"] if opt.endswith("ema") else []
     assert T.main(args + ["--out", str(tmp_path / "full")]) == 0
     assert T.main(args + ["--out", str(tmp_path / "cut"), "--stop-after", "1"]) == 0
-    assert json.loads((tmp_path / "cut" / "meta.json").read_text())["epoch"] == 1
+    started = json.loads((tmp_path / "cut" / "meta.json").read_text())
+    assert started["epoch"] == 1
+    monkeypatch.setattr(T.ckpt, "git_commit", lambda: "a later commit")
     assert T.main(["--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     full, cut = runlog.weights(tmp_path / "full"), runlog.weights(tmp_path / "cut")
     assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
     assert runlog.history(tmp_path / "full") == runlog.history(tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / "meta.json").read_text())["commit"] == started["commit"]  # the start's code
+    first, second = (json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines())
+    assert second["wall_s"] >= first["wall_s"] + second["epoch_s"] - 0.06  # goes on from epoch 1 (kept to 0.1 s)
+
+
+def test_threads_sets_torchs_thread_count(cifar10: str, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        args = TINY + ["--data", cifar10, "--train-limit", "64", "--epochs", "1", "--threads", "1", "--stop-after", "1"]
+        assert T.main(args + ["--out", str(tmp_path / "r")]) == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_ddp_two_gloo_processes_match_one_process(cifar10: str, tmp_path: Path) -> None:
@@ -84,6 +101,7 @@ def test_divergence_is_reported_and_sweep_goes_on(cifar10: str, tmp_path: Path,
     (["--momentum", "-0.5"], "--momentum -0.5: momentum must be at least 0 and below 1"),
     (["--lr", "nan"], "--lr nan must be a positive number"),
     (["--threads", "0"], "--threads and --stop-after must be at least 1"),
+    (["--stop-after", "0"], "--threads and --stop-after must be at least 1"),
     (["--data", "/nonexistent/data.npz"], "not found"),
     (["--val-size", "999999"], "validation size"),
     (["--resume", "/nonexistent/run"], "no allconv run in /nonexistent/run"),
@@ -248,3 +266,14 @@ def test_an_epoch_is_whole_batches_of_one_permutation_split_between_ranks(n: int
     assert len(set(flat.tolist())) == len(flat) and 0 <= int(flat.min()) and int(flat.max()) < n
     halves = zip(T.batches(cfg, n, 2, Dist(0, 2), cpu), T.batches(cfg, n, 2, Dist(1, 2), cpu))
     assert [torch.cat(h).tolist() for h in halves] == [b.tolist() for b in one]
+
+
+def test_without_out_a_run_goes_under_runs_named_by_net_protocol_and_time(cifar10: str, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = T.TrainConfig(model="strided-cnn-a", data=cifar10, epochs=1, batch_size=64, train_limit=64, val_size=64,
+                        test_limit=64, device="cpu", quiet=True)
+    r = T.train(cfg)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(rf"strided-cnn-a-{cfg.resolved().protocol}-\d{{8}}-\d{{6}}", run.name), run.name
+    assert r["out"] == str(Path("runs") / run.name) and (run / "model.safetensors").is_file()
