@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -162,3 +163,20 @@ def test_without_a_bar_divergence_is_checked_every_25_steps(npz: str, tmp_path: 
     run.step_model = nan_from_step_30
     with pytest.raises(T.Diverged, match=r"^loss is nan at step 50$"):
         run.train_epoch(None)
+
+
+def test_without_quiet_each_epoch_shows_its_bar_and_one_line(npz: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    cfg = T.TrainConfig(model="strided-cnn-a", data=npz, epochs=2, batch_size=64, lr=0.05, train_limit=64,
+                        val_size=64, test_limit=64, device="cpu", out=str(tmp_path / "run"))
+    T.train(cfg)
+    err = capsys.readouterr().err
+    for epoch in (1, 2):  # one step each; the bar stays on screen when done
+        assert re.search(rf"epoch {epoch}/2: 100%[^\r\n]*\| 1/1 \[[^\r\n]*\]\n", err), err
+    lines = [line for line in err.splitlines() if re.match(r"(epoch \d/2: loss|done:)", line)]
+    assert len(lines) == 3, err
+    assert re.fullmatch(r"epoch 1/2: loss \d+\.\d{4}  train acc \d+\.\d\d%  val acc \d+\.\d\d%  [\d,]+ img/s  "
+                        r"\d+\.\ds", lines[0]), lines[0]  # the test split is measured in the last epoch only
+    assert re.search(r"val acc \d+\.\d\d%  test acc \d+\.\d\d%  ", lines[1]), lines[1]
+    assert lines[2].startswith("done: val acc ") and lines[2].endswith(f"checkpoint {tmp_path / 'run'}"
+                                                                      "/model.safetensors"), lines[2]
