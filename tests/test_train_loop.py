@@ -180,3 +180,12 @@ def test_without_quiet_each_epoch_shows_its_bar_and_one_line(npz: str, tmp_path:
     assert re.search(r"val acc \d+\.\d\d%  test acc \d+\.\d\d%  ", lines[1]), lines[1]
     assert lines[2].startswith("done: val acc ") and lines[2].endswith(f"checkpoint {tmp_path / 'run'}"
                                                                       "/model.safetensors"), lines[2]
+
+
+def test_without_a_validation_split_val_acc_is_none_not_zero(npz: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    cfg = T.TrainConfig(model="strided-cnn-a", data=npz, epochs=1, batch_size=64, lr=0.05, train_limit=64,
+                        val_size=0, test_limit=64, device="cpu", out=str(tmp_path / "run"))
+    r = T.train(cfg)
+    assert r["val_acc"] is None and r["test_acc"] is not None and runlog.history(tmp_path / "run")[0]["val_acc"] is None
+    assert "  val acc -  " in capsys.readouterr().err
