@@ -189,3 +189,10 @@ def test_without_a_validation_split_val_acc_is_none_not_zero(npz: str, tmp_path:
     r = T.train(cfg)
     assert r["val_acc"] is None and r["test_acc"] is not None and runlog.history(tmp_path / "run")[0]["val_acc"] is None
     assert "  val acc -  " in capsys.readouterr().err
+
+
+def test_stop_after_counts_the_epochs_it_trains(npz: str, tmp_path: Path) -> None:
+    cfg = T.TrainConfig(model="strided-cnn-a", data=npz, epochs=3, batch_size=64, lr=0.05, train_limit=64,
+                        val_size=64, test_limit=64, device="cpu", quiet=True, out=str(tmp_path / "run"))
+    r = T.train(cfg, stop_after=2)
+    assert (r["status"], r["epoch"]) == ("stopped", 2) and r["test_acc"] is None  # the test split waits for the end
