@@ -196,3 +196,6 @@ def test_stop_after_counts_the_epochs_it_trains(npz: str, tmp_path: Path) -> Non
                         val_size=64, test_limit=64, device="cpu", quiet=True, out=str(tmp_path / "run"))
     r = T.train(cfg, stop_after=2)
     assert (r["status"], r["epoch"]) == ("stopped", 2) and r["test_acc"] is None  # the test split waits for the end
+    meta = tmp_path / "run" / "meta.json"
+    assert json.loads(meta.read_text())["metrics"]["status"] == "running"  # the saved model: a run to resume
+    assert T.resume(tmp_path / "run")["status"] == "done" == json.loads(meta.read_text())["metrics"]["status"]
