@@ -2,7 +2,7 @@
 and go on after the code or the tests change (tests added for its survivors, a fix elsewhere).
 
 The folder holds each test file's baseline (its time, each test's time, and which of its tests run each library line,
-under the file's own fingerprint) and one JSON line per finished mutant, appended and flushed as it ends. A mutant's
+under the file's own fingerprint and those of the library files it ran: an edited module redoes the baselines that ran it) and one JSON line per finished mutant, appended and flushed as it ends. A mutant's
 key names its module's contents, so a changed module's mutants are new ones. A kill stays a kill (a test added does not
 revive a mutant); any other result (a survivor, a timeout, a test run alone) holds while the test files it ran, and
 their helpers, are unchanged (``suite``): adding a test to one file reruns only the survivors that file's tests cover.
@@ -38,6 +38,17 @@ class FileBaseline:
     secs: float
     durations: dict[str, float] = field(default_factory=dict)  # node id (parameters summed) -> seconds
     lines: Lines = field(default_factory=dict)
+    sources: dict[str, str] | None = None  # library file -> ``source_sha`` when measured (None: unknown, so stale)
+
+    def fresh(self, tree: Path) -> bool:
+        """Whether the line map still holds: every library file it ran is as it was. An edited module's lines moved,
+        so its map would send a mutant to the tests of whatever line was there before."""
+        return self.sources is not None and all(source_sha(tree / lib) == sha for lib, sha in self.sources.items())
+
+
+def source_sha(path: Path) -> str:
+    """A library file's fingerprint ("" once it is gone)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
 def suite_file_sha(tree: Path, test_file: str) -> str:
@@ -99,7 +110,8 @@ class Journal:
             return {}
         data = json.loads(path.read_text(encoding="utf-8")).get("files", {})
         return {f: FileBaseline(b["sha"], b["secs"], b["durations"],
-                                {lib: {int(n): set(t) for n, t in ls.items()} for lib, ls in b["lines"].items()})
+                                {lib: {int(n): set(t) for n, t in ls.items()} for lib, ls in b["lines"].items()},
+                                b.get("sources"))
                 for f, b in data.items()}
 
     def save_baseline(self, files: dict[str, FileBaseline]) -> None:

@@ -37,7 +37,6 @@ human to judge: an equivalent mutant (no test can tell it apart) or a missing te
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import random
@@ -54,7 +53,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from covermap import LineTests, failed_nodes, read_lines, run_pytest  # noqa: E402  (bench/ is not a package)
 from equivalent import judge, load as load_equivalent  # noqa: E402
-from journal import FileBaseline, Journal, Result, key, suite_file_sha, suite_sha  # noqa: E402
+from journal import FileBaseline, Journal, Result, key, source_sha, suite_file_sha, suite_sha  # noqa: E402
 from mutants import Mutant, mutants  # noqa: E402
 from testmap import test_map  # noqa: E402
 
@@ -239,7 +238,7 @@ def baseline(shas: dict[str, str], copies: list[Path], args: argparse.Namespace,
     """Each test file of ``shas`` (file -> its ``suite_file_sha``) alone, timed, under coverage unless
     ``--no-coverage``: only the files the journal has no baseline of at their current contents. Raises SystemExit
     if one fails."""
-    saved = {f: b for f, b in journal.baseline().items() if f in shas and b.sha == shas[f]}
+    saved = {f: b for f, b in journal.baseline().items() if f in shas and b.sha == shas[f] and b.fresh(copies[0])}
     todo = [f for f in sorted(shas) if f not in saved]
     if todo and args.summary:
         raise SystemExit(f"--summary needs a --state folder holding this run's baseline (none of {', '.join(todo)})")
@@ -249,8 +248,9 @@ def baseline(shas: dict[str, str], copies: list[Path], args: argparse.Namespace,
     def done(i: int, r: Result) -> None:  # saved as each file ends: a run stopped in its baseline goes on from there
         if r.out == "passed":
             f, c = todo[i], cov[todo[i]]
+            lines = read_lines(c, copies, f) if c else {}
             saved[f] = FileBaseline(shas[f], r.secs, json.loads(Path(f"{c}.secs.json").read_text()) if c else {},
-                                    read_lines(c, copies, f) if c else {})
+                                    lines, {lib: source_sha(copies[0] / lib) for lib in lines})
             journal.save_baseline({**journal.baseline(), f: saved[f]})
 
     base = run([Task(None, [f], 3600, cov[f]) for f in todo], copies, not args.no_fork, done)

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from covermap import Durations, LineTests, _node, failed_nodes, collected_names  # noqa: E402
-from journal import FileBaseline, Journal, Result, key, suite_file_sha, suite_sha  # noqa: E402
+from journal import FileBaseline, Journal, Result, key, source_sha, suite_file_sha, suite_sha  # noqa: E402
 from mutants import Mutant  # noqa: E402
 from testmap import test_map as modules_reached  # noqa: E402
 
@@ -171,3 +171,17 @@ def test_a_baseline_that_stops_partway_keeps_the_files_that_passed(tmp_path: Pat
         baseline(shas, [tree], args, journal)
     kept = Journal(tmp_path / "state").baseline()
     assert list(kept) == ["tests/test_a.py"] and kept["tests/test_a.py"].sha == shas["tests/test_a.py"]
+
+
+def test_a_baseline_is_redone_once_a_library_file_it_ran_changes(tmp_path: Path) -> None:
+    """Its line map would point at moved lines: a mutant would run the tests of whatever line was there before."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "a.py").write_text("x = 1\n")
+    b = FileBaseline("sha", 1.0, {}, {"lib/a.py": {1: {"tests/test_a.py::test_a"}}},
+                     {"lib/a.py": source_sha(tmp_path / "lib" / "a.py")})
+    j = Journal(tmp_path / "state")
+    j.save_baseline({"tests/test_a.py": b})
+    assert Journal(tmp_path / "state").baseline() == {"tests/test_a.py": b} and b.fresh(tmp_path)
+    (tmp_path / "lib" / "a.py").write_text("\nx = 1\n")  # its lines moved down one
+    assert not b.fresh(tmp_path)
+    assert not FileBaseline("sha", 1.0).fresh(tmp_path)  # saved before sources were kept: redone too
