@@ -199,3 +199,21 @@ def test_stop_after_counts_the_epochs_it_trains(npz: str, tmp_path: Path) -> Non
     meta = tmp_path / "run" / "meta.json"
     assert json.loads(meta.read_text())["metrics"]["status"] == "running"  # the saved model: a run to resume
     assert T.resume(tmp_path / "run")["status"] == "done" == json.loads(meta.read_text())["metrics"]["status"]
+
+
+def test_resume_takes_quiet_from_its_flag_and_exits_1_when_the_run_diverges(npz: str, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    args = ["--model", "strided-cnn-a", "--data", npz, "--epochs", "3", "--batch-size", "64", "--train-limit", "64",
+            "--val-size", "64", "--test-limit", "64", "--device", "cpu", "--out", str(out)]
+    assert T.main(args + ["--stop-after", "1"]) == 0 and "epoch 1/3" in capsys.readouterr().err  # not quiet
+    assert T.main(["--resume", str(out), "--stop-after", "1", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # --quiet on the resume silences a run started without it
+
+    def diverge(self: T.Run, bar: object) -> None:
+        raise T.Diverged("loss is nan at step 1")
+
+    monkeypatch.setattr(T.Run, "train_epoch", diverge)
+    assert T.main(["--resume", str(out), "--quiet"]) == 1
+    assert capsys.readouterr().err.startswith("diverged: strided-cnn-a with lr ")  # said even with --quiet
