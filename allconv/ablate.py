@@ -25,7 +25,7 @@ from . import rundir
 from .config import PROTOCOLS, TrainConfig
 from .argparsing import Parser
 from .errors import AllconvError
-from .interrupt import catching
+from .interrupt import Interrupted, catching, exit_status
 from .models import names
 
 REGULARIZERS = {"bn": (True, False), "dropout": (False, True), "both": (True, True), "neither": (False, False)}
@@ -167,8 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run (or resume) the grid, then write its report; exit 2 on bad input, 130/143 when interrupted."""
     import torch
 
-    from .runset import grid, resume_runset
-    from .train import Interrupted
+    from .runset import grid, is_runset, resume_runset
 
     args = parse_args(argv)
     try:
@@ -185,9 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 root = _start(args, grid)
         print(f"wrote {report(root, args.doc)}")
         return 0
-    except Interrupted as e:
-        print(f"{e}", file=sys.stderr)
-        return 143 if e.signal == "SIGTERM" else 130
+    except (Interrupted, KeyboardInterrupt) as e:  # the latter outside the grid's runs
+        root = args.resume or args.out
+        again = f"continue with allconv-ablate --resume {root}" if root and is_runset(root) else "run it again"
+        return exit_status(e, f"interrupted outside the grid's runs: {again}")
     except AllconvError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,8 @@ from .config import TrainConfig
 from .errors import AllconvError
 from .models import names
 from .paper import PAPER_LRS
-from .train import Interrupted, default_out, resume, train
+from .interrupt import Interrupted, signal_behind
+from .train import default_out, resume, train
 
 PLAN_FILE = rundir.PLAN_FILE
 BEST_FILES = (ckpt.MODEL_FILE, "meta.json", "curves.png", "metrics.jsonl")
@@ -87,10 +88,13 @@ def _run(kind: str, cfg: TrainConfig, root: Path, members: list[tuple[str, dict[
         out = root / name
         try:
             results.append(_one(dataclasses.replace(cfg, **overrides, out=str(out)).resolved(), out))
-        except Interrupted as e:
-            e.args = (f"interrupted by {e.signal} during {name}: finished runs are kept in {root}; continue with "
-                      f"allconv-train --resume {root}",)
-            raise
+        except BaseException as e:  # an interrupt in a member's epochs, or before them (loading its data, say)
+            if (sig := signal_behind(e)) is None:
+                raise
+            stopped = Interrupted(out, cfg.epochs, sig)
+            stopped.args = (f"interrupted by {sig} during {name}: finished runs are kept in {root}; continue "
+                            f"with allconv-train --resume {root}",)
+            raise stopped from None
     summary = {"kind": kind, "status": "done", "config": dataclasses.asdict(cfg),
                "members": [{"name": n, "overrides": o} for n, o in members], "runs": results}
     if kind != "grid":  # a grid's report is allconv.ablate's

@@ -8,6 +8,7 @@ each rank takes its slice of the same global batch (DistributedDataParallel; glo
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import sys
@@ -30,7 +31,7 @@ from .config import PROTOCOLS, TrainConfig, lr_at
 from .device import Dist, native_bf16, pick_device, resolve_amp, setup_distributed
 from .errors import AllconvError
 from .evaluate import accuracy
-from .interrupt import catching, signal_behind
+from .interrupt import Interrupted, catching, exit_status, signal_behind
 from .models import check_input_size, create, names, num_parameters
 from .plots import training_curves
 from .preprocess import Preprocess
@@ -41,16 +42,6 @@ __all__ = ["Data", "Diverged", "Interrupted", "PROTOCOLS", "Run", "TrainConfig",
 
 class Diverged(Exception):
     """The loss became NaN or infinite."""
-
-
-class Interrupted(AllconvError):
-    """SIGINT or SIGTERM: every instant is resumable, so say where the run stands and how to continue."""
-
-    def __init__(self, out: Path, epochs: int, sig: str = "SIGINT") -> None:
-        self.signal = sig
-        done = rundir.committed_epoch(out) or 0
-        super().__init__(f"interrupted by {sig}: {done} of {epochs} epochs are saved in {out}; continue with "
-                         f"allconv-train --resume {out}")
 
 
 @dataclass
@@ -383,23 +374,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with catching():
             return _run_command(args)
-    except Interrupted as e:
-        print(f"{e}", file=sys.stderr)
-        return 143 if e.signal == "SIGTERM" else 130
+    except (Interrupted, KeyboardInterrupt) as e:  # the latter outside a run's epochs (loading data, say)
+        return exit_status(e, "interrupted before the first epoch began; nothing to resume: run the command again")
     except AllconvError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except BaseException as e:  # an interrupt outside a run's epochs (loading data, say)
-        if (sig := signal_behind(e)) is None:
-            raise
-        print("interrupted before the first epoch began; nothing to resume: run the command again", file=sys.stderr)
-        return 143 if sig == "SIGTERM" else 130
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run_command(args: Any) -> int:
+def _run_command(args: argparse.Namespace) -> int:
     """What ``main`` runs once the arguments parse: a resume, a family, a sweep or one net."""
     from .runset import family, is_runset, resume_runset, sweep
 

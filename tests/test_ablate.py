@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,3 +106,25 @@ def test_cell_row_counts_the_seeds_that_reach_each_target() -> None:
     row = ablate._cell_row([run([0.4, 0.6, 0.85]), run([0.55, 0.7, 0.75])])
     assert row == "| bn | sgd | 20.00 ± 5.00 | 20.00 ± 5.00 | 1.5 (2/2) | 3.0 (1/2) | 0/2 |"
     assert ablate._cell_row([run([], finished=False)]) == "| bn | sgd | - | - | - | - | 0/1 (1 not run) |"
+
+
+def test_an_interrupt_outside_the_grids_runs_is_one_line(npz: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys) -> None:
+    import allconv.runset as S
+
+    def stop(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt()
+
+    root = tmp_path / "grid"
+    args = ["--models", "strided-cnn-a", "--protocols", "fast", "--seeds", "0", "--epochs", "1", "--train-limit",
+            "64", "--batch-size", "32", "--val-size", "32", "--data", npz, "--out", str(root), "--quiet"]
+    monkeypatch.setattr(S, "grid", stop)  # before the grid's plan is saved
+    assert ablate.main(args) == 130
+    assert capsys.readouterr().err.strip() == "interrupted outside the grid's runs: run it again"
+    monkeypatch.undo()
+    monkeypatch.setattr(ablate, "report", stop)  # after its runs, in the report
+    assert ablate.main(args) == 130
+    assert capsys.readouterr().err.strip() == ("interrupted outside the grid's runs: continue with allconv-ablate "
+                                                f"--resume {root}")
+    monkeypatch.undo()
+    assert ablate.main(["--resume", str(root), "--quiet"]) == 0 and (root / "ablations.md").is_file()

@@ -103,3 +103,47 @@ def test_a_signal_before_the_first_epoch_exits_as_interrupted(cifar10: str, tmp_
     assert T.main(TINY + ["--data", cifar10, "--epochs", "1", "--out", str(tmp_path / "r")]) == code
     assert capsys.readouterr().err.strip() == ("interrupted before the first epoch began; nothing to resume: run "
                                                 "the command again")
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, interrupt.Terminated), (signal.SIGINT, KeyboardInterrupt)])
+def test_what_a_signal_became_leaves_catching_as_the_interrupt(signum: int, raised: type) -> None:
+    with pytest.raises(KeyboardInterrupt) as e:
+        with interrupt.catching():
+            _signal_becomes_value_error(signum)
+    assert type(e.value) is raised and isinstance(e.value.__cause__, ValueError)
+
+
+def test_after_catching_a_later_error_in_the_same_process_is_an_error(cifar10: str, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(interrupt.Terminated):
+        with interrupt.catching():
+            _signal_becomes_value_error(signal.SIGTERM)
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("Invalid bounding box")
+
+    monkeypatch.setattr(T, "training_curves", broken)
+    cfg = T.TrainConfig(model="strided-cnn-a", data=cifar10, epochs=1, batch_size=64, val_size=64, test_limit=64,
+                        train_limit=128, device="cpu", quiet=True, out=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match="Invalid bounding box"):
+        T.train(cfg)
+
+
+def test_a_signal_before_a_members_first_epoch_points_to_the_sets_resume(cifar10: str, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    real, starts = T.Run.__init__, []
+
+    def load(self: T.Run, *args: Any, **kwargs: Any) -> None:
+        starts.append(1)
+        if len(starts) == 2:  # loading the second net's data
+            _signal_becomes_value_error(signal.SIGTERM)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(T.Run, "__init__", load)
+    root = tmp_path / "family"
+    assert T.main(TINY + ["--model", "strided-cnn-a,model-a", "--data", cifar10, "--epochs", "1",
+                          "--out", str(root)]) == 143
+    assert capsys.readouterr().err.strip() == (f"interrupted by SIGTERM during model-a: finished runs are kept in "
+                                                f"{root}; continue with allconv-train --resume {root}")
+    assert T.main(["--resume", str(root), "--quiet"]) == 0 and len(starts) == 3

@@ -61,7 +61,7 @@ def test_optimizer_steps_with_the_schedule_at_each_fractional_epoch(npz: str, tm
 
 def test_an_epoch_counts_each_image_once_and_the_run_its_own_time(npz: str, tmp_path: Path) -> None:
     cfg = T.TrainConfig(model="strided-cnn-a", data=npz, epochs=1, batch_size=32, lr=0.05, train_limit=128,
-                        val_size=64, test_limit=64, device="cpu", quiet=True, out=str(tmp_path / "run"))
+                        val_size=64, test_limit=64, device="cpu", amp="off", quiet=True, out=str(tmp_path / "run"))
     run = T.Run(cfg.resolved(), tmp_path / "run")
     loss, acc, seen = run.train_epoch(None)
     assert seen == 128 and acc * 128 == pytest.approx(round(acc * 128), abs=1e-9)
