@@ -150,6 +150,17 @@ def test_reconstructions_of_real_picks_match_full_image(net, images, pre) -> Non
     assert figure2.attach(s, images, {"guided": fast}, filters=[1, 9]) is s and s.recons["guided"].shape == fast.shape
 
 
+def test_without_filters_every_filter_is_reconstructed_and_attached(images, pre) -> None:
+    model = _mini(False)
+    s = figure2.scan(model, images[:8], pre, layer="conv8", top_k=2, progress=False)
+    every = list(range(s.num_filters))
+    got = figure2.reconstructions(model, images[:8], pre, s, methods=["guided"])["guided"]
+    assert got.shape[:2] == (10, 2) and torch.equal(got, figure2.reconstructions(
+        model, images[:8], pre, s, methods=["guided"], filters=every)["guided"])
+    assert torch.equal(figure2.patches(images[:8], s), figure2.patches(images[:8], s, filters=every))
+    assert figure2.attach(s, images[:8], {"guided": got}).filters.tolist() == every
+
+
 def test_patches_are_the_rf_with_gray_outside(images, pre) -> None:
     model = _mini(False)
     s = _all_positions(model, images[:8], pre, "conv6")

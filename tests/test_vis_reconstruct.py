@@ -236,6 +236,18 @@ def test_many_channels_equal_one_at_a_time(allcnn, images) -> None:
         torch.testing.assert_close(many[:, k], one, atol=1e-12, rtol=0)
 
 
+def test_an_integer_tensor_scalar_is_an_int_and_a_float_or_bool_is_refused(allcnn, images) -> None:
+    kw = dict(method="guided", layer="conv3")
+    one = reconstruct(allcnn, images, channel=5, position=(1, 2), **kw)
+    torch.testing.assert_close(reconstruct(allcnn, images, channel=torch.tensor(5),
+                                           position=(torch.tensor(1), torch.tensor(2)), **kw), one, atol=0, rtol=0)
+    for bad in (torch.tensor(5.0), torch.tensor(True), True):
+        with pytest.raises(AllconvError, match="channel must be an int or a sequence of ints"):
+            reconstruct(allcnn, images, channel=bad, **kw)
+        with pytest.raises(AllconvError, match=r"position must be 'max', None or an \(h, w\) pair of ints"):
+            reconstruct(allcnn, images, channel=5, position=(bad, 2), **kw)
+
+
 def test_one_row_per_pass_is_the_smallest_batch(allcnn, images) -> None:
     whole = reconstruct(allcnn, images, method="guided", layer="conv3", channel=[0, 5])
     torch.testing.assert_close(reconstruct(allcnn, images, method="guided", layer="conv3", channel=[0, 5],
