@@ -278,3 +278,12 @@ def test_without_out_a_run_goes_under_runs_named_by_net_protocol_and_time(cifar1
     (run,) = (tmp_path / "runs").iterdir()
     assert re.fullmatch(rf"strided-cnn-a-{cfg.resolved().protocol}-\d{{8}}-\d{{6}}", run.name), run.name
     assert r["out"] == str(Path("runs") / run.name) and (run / "model.safetensors").is_file()
+
+
+def test_a_family_exits_1_when_a_net_diverges_and_a_sweep_0_whatever_its_lrs_did(cifar10: str,
+                                                                                  tmp_path: Path) -> None:
+    tiny = TINY[2:] + ["--data", cifar10, "--epochs", "2", "--train-limit", "128"]
+    family = ["--model", "strided-cnn-a,model-a"] + tiny
+    assert T.main(family + ["--out", str(tmp_path / "ok")]) == 0
+    assert T.main(family + ["--lr", "1e30", "--out", str(tmp_path / "nan")]) == 1
+    assert T.main(TINY[:2] + tiny + ["--lr-sweep", "--out", str(tmp_path / "sweep")]) == 0
